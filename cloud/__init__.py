@@ -1,0 +1,1 @@
+"""The edgefleet hub: registry, devices, rollouts, transports, API and CLI."""

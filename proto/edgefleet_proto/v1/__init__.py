@@ -1,0 +1,1 @@
+"""Generated code for the edgefleet.v1 protobuf package (scripts/gen_proto.py)."""
