@@ -9,6 +9,7 @@ them into a temporary folder and fails when the committed copies are stale.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -41,7 +42,14 @@ def generate(out: Path) -> list[Path]:
         f"--mypy_grpc_out={out}",
         *(str(p.relative_to(PROTO_ROOT)) for p in sources),
     ]
-    rc = protoc.main(args)
+    # protoc finds its plugins (protoc-gen-mypy, from mypy-protobuf) on PATH: use this interpreter's.
+    bindir = str(Path(sys.executable).parent)
+    old_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = bindir + os.pathsep + old_path
+    try:
+        rc = protoc.main(args)
+    finally:
+        os.environ["PATH"] = old_path
     if rc != 0:
         raise SystemExit(f"protoc failed with exit code {rc}")
     return sorted(p for p in (out / PACKAGE).rglob("*") if p.suffix in {".py", ".pyi"})

@@ -1,0 +1,29 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from cloud.api.errors import install_error_handlers
+from cloud.api.routes import assignments, devices, health, models, tokens
+from cloud.context import HubContext
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(ctx: HubContext) -> FastAPI:
+    """An app bound to one hub's database, artifact store and publisher."""
+    app = FastAPI(
+        title="edgefleet hub",
+        version="1",
+        description="Registry, devices and assignments of an edgefleet fleet. Every /api route needs a "
+        "bearer token; roles: viewer (read) < operator (upload, assign) < admin (tokens).",
+    )
+    app.state.hub = ctx
+    install_error_handlers(app)
+    app.include_router(health.router)
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (models, devices, assignments, tokens):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app

@@ -1,0 +1,37 @@
+"""Assignments: which model version a set of devices should run."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from cloud.api.deps import ContextDep, OperatorDep, SessionDep
+from cloud.schemas import AssignedDevice, AssignmentCreate, AssignmentsPublic
+from cloud.services import assignments
+
+router = APIRouter(prefix="/assignments", tags=["assignments"])
+
+
+@router.post(
+    "",
+    responses={
+        404: {"description": "unknown model version, unknown devices, or no device matches the selector"},
+        503: {"description": "stored, but the broker did not take it; it is republished on reconnect"},
+    },
+)
+def create_assignment(
+    body: AssignmentCreate, ctx: ContextDep, session: SessionDep, _token: OperatorDep
+) -> AssignmentsPublic:
+    """Publish a new desired state (generation + 1) to each chosen device."""
+    rows = assignments.assign(
+        session,
+        ctx.publisher,
+        body.model,
+        body.version,
+        device_ids=body.devices,
+        selector=body.selector,
+        fleet=ctx.settings.fleet,
+        artifact_endpoint=ctx.artifact_endpoint,
+        clock=ctx.clock,
+    )
+    assigned = [AssignedDevice(device_id=r.device_id, generation=r.generation) for r in rows]
+    return AssignmentsPublic(assigned=assigned, count=len(assigned))

@@ -1,0 +1,124 @@
+"""Model versions: upload (streamed into the artifact store), list, read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request, status
+
+from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from cloud.api.upload import receive_upload
+from cloud.artifacts import ArtifactInfo
+from cloud.context import HubContext
+from cloud.errors import InvalidInputError
+from cloud.models import ModelVersion
+from cloud.schemas import ModelVersionPublic, ModelVersionsPublic
+from cloud.services import registry
+from cloud.validation import MODEL_NAME_PATTERN, VERSION_PATTERN, check_model_name, check_version
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+_FIELDS = ("name", "version", "format")
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "name", "version"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "the model artifact"},
+                        "name": {"type": "string", "pattern": MODEL_NAME_PATTERN},
+                        "version": {"type": "string", "pattern": VERSION_PATTERN},
+                        "format": {
+                            "type": "string",
+                            "enum": list(registry.SUPPORTED_FORMATS),
+                            "default": "onnx",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _check_fields(fields: Mapping[str, str], *, complete: bool) -> None:
+    unknown = sorted(set(fields) - set(_FIELDS))
+    if unknown:
+        raise InvalidInputError(f"unexpected form fields {unknown}: expected {list(_FIELDS)} and 'file'")
+    if complete:
+        missing = [f for f in ("name", "version") if f not in fields]
+        if missing:
+            raise InvalidInputError(f"missing form fields {missing}: expected name and version with the file")
+    if "name" in fields:
+        check_model_name(fields["name"])
+    if "version" in fields:
+        check_version(fields["version"])
+    if "format" in fields:
+        registry.check_format(fields["format"])
+
+
+def _register(ctx: HubContext, fields: Mapping[str, str], info: ArtifactInfo) -> ModelVersion:
+    with ctx.sessions() as session:
+        return registry.register_stored(
+            session,
+            ctx.store,
+            fields["name"],
+            fields["version"],
+            info,
+            fmt=fields.get("format", "onnx"),
+            clock=ctx.clock,
+        )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        400: {"description": "not a loadable ONNX model, or an unsupported format"},
+        409: {"description": "this name and version are already registered"},
+        413: {"description": "larger than the hub's max_upload_bytes"},
+        422: {"description": "bad name, version or form"},
+    },
+)
+async def upload_model(request: Request, ctx: ContextDep, _token: OperatorDep) -> ModelVersionPublic:
+    """Register a model version: a multipart form with ``file``, ``name``, ``version``, ``format``."""
+    upload = await receive_upload(
+        request,
+        ctx.store,
+        max_file_bytes=ctx.settings.max_upload_bytes,
+        on_file_start=lambda fields: _check_fields(fields, complete=False),
+    )
+    try:
+        _check_fields(upload.fields, complete=True)
+    except InvalidInputError:
+        await anyio.to_thread.run_sync(_discard, ctx, upload.artifact.sha256)
+        raise
+    row = await anyio.to_thread.run_sync(_register, ctx, upload.fields, upload.artifact)
+    return ModelVersionPublic.model_validate(row)
+
+
+def _discard(ctx: HubContext, sha256: str) -> None:
+    with ctx.sessions() as session:
+        if not registry.is_registered_artifact(session, sha256):
+            ctx.store.delete(sha256)
+
+
+@router.get("")
+def list_models(
+    session: SessionDep,
+    _token: ViewerDep,
+    name: Annotated[str | None, Query(description="only versions of this model")] = None,
+) -> ModelVersionsPublic:
+    rows = registry.list_models(session, name)
+    return ModelVersionsPublic(data=[ModelVersionPublic.model_validate(r) for r in rows], count=len(rows))
+
+
+@router.get("/{name}/{version}")
+def get_model(name: str, version: str, session: SessionDep, _token: ViewerDep) -> ModelVersionPublic:
+    return ModelVersionPublic.model_validate(registry.get_model(session, name, version))

@@ -1,0 +1,32 @@
+"""What the API and the transports share inside one hub process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from cloud.artifacts import ArtifactStore
+from cloud.clock import Clock, utcnow
+from cloud.db import SessionFactory, session_factory
+from cloud.services.publisher import DesiredPublisher
+from cloud.settings import Settings
+
+
+@dataclass
+class HubContext:
+    """The hub's shared parts; tests build one with SQLite in a temp folder and a fake publisher."""
+
+    settings: Settings
+    engine: Engine
+    store: ArtifactStore
+    publisher: DesiredPublisher
+    # What devices are told to fetch artifacts from; known once the gRPC server is bound.
+    artifact_endpoint: str
+    mqtt_connected: Callable[[], bool] = lambda: False
+    clock: Clock = utcnow
+    sessions: SessionFactory = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = session_factory(self.engine)

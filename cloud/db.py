@@ -1,0 +1,113 @@
+"""Database engine and sessions, the same on SQLite and PostgreSQL.
+
+SQLite is the single-machine default. Its writers are serialised with ``BEGIN IMMEDIATE``:
+the hub writes from several threads (ingest worker, API requests), and a deferred
+transaction that reads and then writes fails at once with SQLITE_BUSY when another
+writer got in between, without waiting on the busy timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlmodel import Session, SQLModel, create_engine
+
+from cloud.errors import HubError
+
+SessionFactory = Callable[[], Session]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseError(HubError):
+    """The database could not be reached or set up."""
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL; a bare ``postgresql://`` would ask for psycopg2."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise DatabaseError(f"invalid database URL: expected sqlite:///path or postgresql://...: {e}") from e
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_db_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine for ``url`` (sqlite:///... or postgresql+psycopg://...)."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            echo=echo,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" hook below.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_all(engine: Engine) -> None:
+    """Create every table the hub's models declare (idempotent)."""
+    import cloud.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+    try:
+        SQLModel.metadata.create_all(engine)
+    except SQLAlchemyError as e:
+        raise DatabaseError(f"could not create tables at {engine.url!r}: {e}") from e
+
+
+def session_factory(engine: Engine) -> SessionFactory:
+    """Sessions whose objects stay readable after commit (handlers return them)."""
+
+    def new_session() -> Session:
+        return Session(engine, expire_on_commit=False)
+
+    return new_session
+
+
+@contextmanager
+def transaction(factory: SessionFactory) -> Iterator[Session]:
+    """A session that commits when the block succeeds and rolls back when it raises."""
+    with factory() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def ping(engine: Engine) -> bool:
+    """Whether the database answers a trivial query."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except SQLAlchemyError:
+        return False
+    return True

@@ -1,0 +1,274 @@
+"""`fleet demo`: the whole path on one machine.
+
+A hub (SQLite, local artifact folder), a broker (the local Mosquitto when it
+answers, else an embedded one), a model trained and exported to ONNX, pushed
+through the HTTP API, a simulated fleet of real agents in a child process,
+an assignment, and predictions through the devices' local API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from cloud.broker import BrokerHandle, ensure_broker
+from cloud.client import HubClient
+from cloud.retained import clear_fleet_retained
+from edgefleet_proto.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+T = TypeVar("T")
+
+
+class DemoError(RuntimeError):
+    """The demo could not complete; the message says which step and why."""
+
+
+@dataclass
+class FleetProcess:
+    proc: subprocess.Popen[str]
+    sockets: dict[str, str]
+    lines: queue.Queue[str]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.25) -> T:
+    """Poll ``probe`` until it returns something truthy or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    event = threading.Event()
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
+        event.wait(interval)  # a pause between polls of external state, not a wait for an event
+
+
+def start_fleet(
+    *,
+    devices: int,
+    fleet: str,
+    broker: BrokerHandle,
+    grpc_endpoint: str,
+    state_root: Path,
+    local_api_devices: int,
+    telemetry_interval: float,
+    timeout: float = 60.0,
+) -> FleetProcess:
+    argv = [
+        sys.executable, "-m", "edge_agent.cli", "simulate",
+        "--devices", str(devices), "--fleet", fleet,
+        "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--mqtt-protocol", broker.protocol,
+        "--grpc-endpoint", grpc_endpoint, "--state-root", str(state_root),
+        "--local-api-devices", str(local_api_devices), "--telemetry-interval", str(telemetry_interval),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, name="fleet-stdout", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or proc.poll() is not None:
+            proc.kill()
+            raise DemoError(f"the simulated fleet did not report ready (exit code {proc.poll()})")
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        with contextlib.suppress(ValueError):
+            msg = json.loads(line)
+            if isinstance(msg, dict) and msg.get("event") == "ready":
+                return FleetProcess(proc, dict(msg.get("sockets", {})), lines)
+
+
+def predict_via_local_api(socket_path: str, x: np.ndarray, timeout: float = 10.0) -> tuple[np.ndarray, str]:
+    """Call a device's local InferenceService over its Unix socket; returns (output, model version)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    tensor = common_pb2.Tensor(dtype="float32", shape=list(x.shape), data=x.tobytes())
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        reply = stub.Predict(inference_pb2.PredictRequest(inputs={"": tensor}), timeout=timeout)
+    out = next(iter(reply.outputs.values()))
+    arr = np.frombuffer(out.data, dtype=np.dtype(out.dtype)).reshape(tuple(out.shape))
+    return arr, reply.model.version
+
+
+@contextlib.contextmanager
+def _workdir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    # Short, because Unix socket paths must stay under ~100 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="efdemo-", dir="/tmp"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_demo(
+    *,
+    devices: int = 20,
+    model_kind: str = "mlp",
+    workdir: Path | None = None,
+    timeout: float = 120.0,
+    console: Console | None = None,
+    broker: BrokerHandle | None = None,
+) -> dict[str, Any]:
+    """Run the demo; returns the summary it printed. Raises DemoError on any failed step."""
+    from cloud.hub import Hub
+    from cloud.settings import Settings
+    from cloud.training import train_demo_model
+
+    out = console or Console()
+    t0 = time.monotonic()
+    fleet = f"demo-{uuid.uuid4().hex[:8]}"
+    with contextlib.ExitStack() as stack, _workdir(workdir) as work:
+        if broker is None:
+            broker = ensure_broker("127.0.0.1", 1883)
+            stack.callback(broker.stop)
+        out.print(f"[bold]broker[/]   {broker.description}")
+
+        settings = Settings(
+            data_dir=work / "hub",
+            fleet=fleet,
+            mqtt_host=broker.host,
+            mqtt_port=broker.port,
+            mqtt_protocol=broker.protocol,
+            api_port=0,
+            grpc_port=0,
+        )
+        hub = Hub(settings)
+        hub.start()
+        stack.callback(hub.stop)
+        out.print(f"[bold]hub[/]      API {hub.api_url}, artifacts gRPC {hub.grpc_endpoint}, fleet {fleet}")
+
+        out.print(f"[bold]train[/]    digits {model_kind} (PyTorch) ...")
+        trained = train_demo_model(model_kind, work / "models")
+        out.print(
+            f"           test accuracy {trained.metrics['test_accuracy']:.3f} on {trained.device}, "
+            f"{trained.duration_s:.1f} s; ONNX parity max |diff| {trained.max_abs_diff:.2e}"
+        )
+
+        client = stack.enter_context(HubClient(hub.api_url, hub.admin_token))
+        mv = client.push_model(trained.onnx_path, name=trained.name, version=trained.version)
+        out.print(
+            f"[bold]push[/]     {mv['name']}:{mv['version']} sha256 {mv['sha256'][:16]}… ({mv['length']} bytes)"
+        )
+
+        fleet_proc = start_fleet(
+            devices=devices,
+            fleet=fleet,
+            broker=broker,
+            grpc_endpoint=hub.grpc_endpoint,
+            state_root=work / "fleet",
+            local_api_devices=min(3, devices),
+            telemetry_interval=1.0,
+        )
+        stack.callback(lambda: clear_fleet_retained(broker.host, broker.port, fleet, broker.protocol))
+        stack.callback(fleet_proc.stop)
+
+        online = wait_for(
+            f"{devices} devices online",
+            lambda: (lambda ds: ds if len(ds) >= devices else None)(client.list_devices(state="online")),
+            timeout,
+        )
+        out.print(f"[bold]fleet[/]    {len(online)} simulated devices online")
+
+        ids = sorted(d["id"] for d in online)
+        result = client.assign(model=trained.name, version=trained.version, devices=ids)
+        out.print(f"[bold]assign[/]   {trained.name}:{trained.version} -> {result['count']} devices")
+
+        t_assign = time.monotonic()
+
+        def all_in_sync() -> list[dict[str, Any]] | None:
+            ds = client.list_devices()
+            synced = [d for d in ds if d.get("in_sync")]
+            return ds if len(synced) >= devices else None
+
+        converged = wait_for("every device to serve the model", all_in_sync, timeout)
+        rollout_s = time.monotonic() - t_assign
+        out.print(f"[bold]rollout[/]  all {devices} devices serve {trained.version} after {rollout_s:.1f} s")
+
+        from model_tools.data import load_digits_splits
+
+        splits = load_digits_splits(seed=0)
+        samples = splits.x_test[:8]
+        labels = splits.y_test[:8]
+        pred_rows = []
+        for device_id, sock in sorted(fleet_proc.sockets.items()):
+            logits, version = predict_via_local_api(sock, samples)
+            predicted = logits.argmax(axis=1)
+            pred_rows.append((device_id, version, predicted, int((predicted == labels).sum())))
+            if version != trained.version:
+                raise DemoError(f"{device_id} answered with model {version}, expected {trained.version}")
+
+        def telemetry_seen() -> list[dict[str, Any]] | None:
+            seen = []
+            for device_id, *_ in pred_rows:
+                windows = client.device_telemetry(device_id, limit=50)
+                served = sum(int(w.get("requests", 0)) for w in windows)
+                if served <= 0:
+                    return None
+                seen.append({"device": device_id, "requests": served})
+            return seen
+
+        telemetry = wait_for("telemetry from the devices that served predictions", telemetry_seen, 30.0)
+
+        table = Table(
+            "device", "model version", "predicted (8 test digits)", "correct", title="local API predictions"
+        )
+        for device_id, version, predicted, correct in pred_rows:
+            table.add_row(device_id, version, " ".join(map(str, predicted.tolist())), f"{correct}/8")
+        out.print(table)
+        out.print(f"           true labels: {' '.join(map(str, labels.tolist()))}")
+        for t in telemetry:
+            out.print(f"[bold]telemetry[/] {t['device']} reported {t['requests']} request(s) to the hub")
+        summary = {
+            "fleet": fleet,
+            "broker": broker.description,
+            "model": f"{trained.name}:{trained.version}",
+            "devices": devices,
+            "in_sync": sum(1 for d in converged if d.get("in_sync")),
+            "rollout_seconds": round(rollout_s, 2),
+            "test_accuracy": trained.metrics["test_accuracy"],
+            "total_seconds": round(time.monotonic() - t0, 1),
+        }
+        out.print(
+            f"[bold green]ok[/]       {summary['in_sync']}/{devices} devices serve the pushed model; "
+            f"demo took {summary['total_seconds']} s"
+        )
+        return summary

@@ -1,0 +1,248 @@
+"""One hub process: database, artifact store, gRPC artifact server, MQTT transport, HTTP API.
+
+``Hub(settings).start()`` brings them up in dependency order and ``stop()`` takes them
+down in reverse; ``run_forever()`` is what ``fleet hub`` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Self
+
+import grpc
+import uvicorn
+from sqlalchemy import Engine
+
+from cloud.api import create_app
+from cloud.artifacts import ArtifactStore
+from cloud.clock import Clock, utcnow
+from cloud.context import HubContext
+from cloud.db import create_all, create_db_engine, session_factory
+from cloud.errors import HubError
+from cloud.grpc_server import start_grpc_server
+from cloud.mqtt import HubMqtt
+from cloud.services import assignments, registry
+from cloud.services.ingest import Ingestor
+from cloud.services.tokens import ensure_admin_token
+from cloud.settings import Settings
+from edgefleet_proto.topics import FleetTopics
+
+log = logging.getLogger(__name__)
+
+
+class HubStartError(HubError):
+    """A part of the hub did not come up."""
+
+
+class Hub:
+    """Everything the hub runs, composed in one process."""
+
+    def __init__(self, settings: Settings, *, clock: Clock = utcnow) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._started = threading.Event()
+        self._stopped = False
+        self._engine: Engine | None = None
+        self._grpc: grpc.Server | None = None
+        self._grpc_port: int | None = None
+        self._mqtt: HubMqtt | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._api_thread: threading.Thread | None = None
+        self._api_url: str | None = None
+        self.context: HubContext | None = None
+        self.ingestor: Ingestor | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every part; returns once the API accepts connections. Stops what started on failure."""
+        with self._lock:
+            if self._started.is_set() or self._engine is not None:
+                raise RuntimeError("Hub.start() called twice")
+            try:
+                self._start_parts()
+            except BaseException:
+                self._stop_parts()
+                raise
+        try:
+            self.wait_until_started(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_parts(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = self._engine = create_db_engine(s.resolved_database_url())
+        create_all(engine)
+        sessions = session_factory(engine)
+        with sessions() as session:
+            ensure_admin_token(session, s.admin_token_path(), clock=self._clock)
+        store = ArtifactStore(s.resolved_artifact_dir())
+
+        def is_served(sha256: str) -> bool:
+            with sessions() as session:
+                return registry.is_registered_artifact(session, sha256)
+
+        self._grpc, self._grpc_port = start_grpc_server(store, is_served, host=s.grpc_host, port=s.grpc_port)
+        endpoint = s.public_grpc_endpoint(self._grpc_port)
+
+        self.ingestor = Ingestor(sessions, _fleet_topics(s), clock=self._clock)
+
+        def desired_source() -> Sequence[tuple[str, bytes]]:
+            with sessions() as session:
+                return assignments.desired_payloads(session, fleet=s.fleet, artifact_endpoint=endpoint)
+
+        mqtt = self._mqtt = HubMqtt(s, on_batch=self.ingestor.ingest, desired_source=desired_source)
+        self.context = HubContext(
+            settings=s,
+            engine=engine,
+            store=store,
+            publisher=mqtt,
+            artifact_endpoint=endpoint,
+            mqtt_connected=lambda: mqtt.connected,
+            clock=self._clock,
+        )
+        mqtt.start()
+        self._start_api(self.context)
+
+    def _start_api(self, ctx: HubContext) -> None:
+        config = uvicorn.Config(
+            create_app(ctx),
+            host=self.settings.api_host,
+            port=self.settings.api_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        server = self._uvicorn = uvicorn.Server(config)
+        # Bound here, not inside uvicorn, so that port 0 resolves before the thread starts.
+        try:
+            sock = config.bind_socket()
+        except SystemExit as e:  # uvicorn exits the process when it cannot bind
+            raise HubStartError(
+                f"cannot listen for HTTP on {self.settings.api_host}:{self.settings.api_port}"
+            ) from e
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        self._api_url = f"http://{shown}:{port}"
+        self._api_thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="hub-api", daemon=True
+        )
+        self._api_thread.start()
+
+    def wait_until_started(self, timeout: float) -> None:
+        """Block until the API serves; raise HubStartError if it does not within ``timeout`` seconds."""
+        if self._started.is_set():
+            return
+        server, thread = self._uvicorn, self._api_thread
+        if server is None or thread is None:
+            raise HubStartError("the hub was not started: call start() first")
+        deadline = threading.Event()
+        waited = 0.0
+        while not server.started:
+            if not thread.is_alive():
+                raise HubStartError("the HTTP API stopped while starting; see the log")
+            if waited >= timeout:
+                raise HubStartError(f"the HTTP API did not start within {timeout:g} s")
+            deadline.wait(0.02)  # polling uvicorn's flag: it offers no event to wait on
+            waited += 0.02
+        self._started.set()
+        log.info(
+            "hub serving: API %s, gRPC %s, fleet %s", self.api_url, self.grpc_endpoint, self.settings.fleet
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every part, API first (idempotent)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._stop_parts(timeout)
+
+    def _stop_parts(self, timeout: float = 10.0) -> None:
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._api_thread is not None:
+            self._api_thread.join(timeout)
+        if self._mqtt is not None:
+            self._mqtt.stop(timeout)
+        if self._grpc is not None:
+            self._grpc.stop(grace=1.0).wait(timeout)
+        if self._engine is not None:
+            self._engine.dispose()
+        self._started.clear()
+
+    def run_forever(self) -> None:
+        """Run until SIGINT or SIGTERM, then stop cleanly (call from the main thread)."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            stop.wait()
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- what callers need to reach the hub --------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        if self._api_url is None:
+            raise RuntimeError("the hub is not started: no API URL yet")
+        return self._api_url
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """Where devices fetch artifacts (the public endpoint when one is configured)."""
+        if self._grpc_port is None:
+            raise RuntimeError("the hub is not started: no gRPC endpoint yet")
+        return self.settings.public_grpc_endpoint(self._grpc_port)
+
+    @property
+    def mqtt(self) -> HubMqtt:
+        if self._mqtt is None:
+            raise RuntimeError("the hub is not started: no MQTT transport yet")
+        return self._mqtt
+
+    @property
+    def admin_token(self) -> str:
+        """The bootstrap admin token, read from ``{data_dir}/admin.token``."""
+        return read_admin_token(self.settings.admin_token_path())
+
+
+def read_admin_token(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise HubError(
+            f"admin token file {path} is missing: expected the file the hub wrote on its first start"
+        ) from None
+    if not token:
+        raise HubError(f"admin token file {path} is empty: expected a token")
+    return token
+
+
+def _fleet_topics(settings: Settings) -> FleetTopics:
+    return FleetTopics(settings.fleet, settings.topic_prefix)

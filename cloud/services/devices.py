@@ -1,0 +1,230 @@
+"""Devices: fold reported statuses into rows, and read them back with their desired state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from cloud.errors import InvalidInputError, NotFoundError
+from cloud.models import DesiredState, Device, DeviceEvent, DeviceState, ModelVersion, TelemetryWindow
+from cloud.schemas import (
+    DeviceDetailPublic,
+    DeviceEventPublic,
+    DevicePublic,
+    ModelRefPublic,
+    TelemetryWindowPublic,
+)
+from edgefleet_proto.v1 import device_pb2
+
+_STATES = {
+    device_pb2.DEVICE_STATE_ONLINE: DeviceState.ONLINE,
+    device_pb2.DEVICE_STATE_OFFLINE: DeviceState.OFFLINE,
+}
+RECENT_EVENTS = 20
+
+
+def status_state(status: device_pb2.DeviceStatus) -> DeviceState:
+    """The reported state; a status that names none is malformed."""
+    try:
+        return _STATES[status.state]
+    except KeyError:
+        raise InvalidInputError(
+            f"device status state {status.state} is not online ({device_pb2.DEVICE_STATE_ONLINE}) "
+            f"or offline ({device_pb2.DEVICE_STATE_OFFLINE})"
+        ) from None
+
+
+def _capabilities(caps: device_pb2.Capabilities) -> dict[str, Any]:
+    # Built by hand: protobuf's JSON mapping would turn the uint64 byte counts into strings.
+    return {
+        "runtimes": list(caps.runtimes),
+        "cpu_arch": caps.cpu_arch,
+        "cpu_count": caps.cpu_count,
+        "mem_total_bytes": caps.mem_total_bytes,
+        "mem_available_bytes": caps.mem_available_bytes,
+        "disk_free_bytes": caps.disk_free_bytes,
+        "os": caps.os,
+    }
+
+
+def apply_status(
+    session: Session,
+    fleet: str,
+    status: device_pb2.DeviceStatus,
+    *,
+    seen_at: datetime | None,
+    now: datetime,
+) -> Device:
+    """Insert or update the device a status describes (the caller commits).
+
+    ``seen_at`` is when the device was last known alive: the receive time for a live message,
+    the send time for a retained one replayed by the broker, None when unknown.
+    A death message (offline) changes only the state: it was composed when the device
+    connected, so its other fields may be older than what the hub already knows.
+    """
+    state = status_state(status)
+    device = session.get(Device, status.device_id)
+    is_new = device is None
+    if device is None:
+        first = seen_at or now
+        device = Device(id=status.device_id, fleet=fleet, first_seen=first, last_seen=first)
+        session.add(device)
+    device.state = state
+    if seen_at is not None and seen_at > device.last_seen:
+        device.last_seen = seen_at
+    if status.health:
+        device.health = status.health
+    if state is DeviceState.OFFLINE and not is_new:
+        return device
+    device.agent_version = status.agent_version
+    device.capabilities = _capabilities(status.capabilities)
+    device.labels = dict(status.labels)
+    device.applied_generation = status.applied_generation
+    slots = {slot.name: slot.model for slot in status.slots if slot.HasField("model")}
+    active, previous = slots.get("active"), slots.get("previous")
+    device.active_model_name = active.name if active else None
+    device.active_model_version = active.version if active else None
+    device.active_model_sha256 = active.sha256 if active else None
+    device.previous_model_name = previous.name if previous else None
+    device.previous_model_version = previous.version if previous else None
+    device.previous_model_sha256 = previous.sha256 if previous else None
+    return device
+
+
+def touch(session: Session, device_id: str, fleet: str, seen_at: datetime) -> Device:
+    """Record that a device was heard from; create it (state unknown) if no status came yet."""
+    device = session.get(Device, device_id)
+    if device is None:
+        device = Device(id=device_id, fleet=fleet, first_seen=seen_at, last_seen=seen_at)
+        session.add(device)
+    elif seen_at > device.last_seen:
+        device.last_seen = seen_at
+    return device
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Desired:
+    generation: int
+    model: ModelVersion
+
+
+def _ref(name: str | None, version: str | None, sha256: str | None) -> ModelRefPublic | None:
+    if not name or not sha256:
+        return None
+    return ModelRefPublic(name=name, version=version or "", sha256=sha256)
+
+
+def _desired_for(session: Session, device_ids: Sequence[str]) -> dict[str, _Desired]:
+    if not device_ids:
+        return {}
+    rows = session.exec(
+        select(DesiredState, ModelVersion)
+        .join(ModelVersion, col(DesiredState.model_version_id) == col(ModelVersion.id))
+        .where(col(DesiredState.device_id).in_(device_ids))
+    ).all()
+    return {d.device_id: _Desired(d.generation, m) for d, m in rows}
+
+
+def _public(device: Device, desired: _Desired | None) -> DevicePublic:
+    active = _ref(device.active_model_name, device.active_model_version, device.active_model_sha256)
+    wanted = _ref(desired.model.name, desired.model.version, desired.model.sha256) if desired else None
+    return DevicePublic(
+        id=device.id,
+        fleet=device.fleet,
+        state=device.state,
+        agent_version=device.agent_version,
+        health=device.health,
+        capabilities=device.capabilities,
+        labels=device.labels,
+        active_model=active,
+        previous_model=_ref(
+            device.previous_model_name, device.previous_model_version, device.previous_model_sha256
+        ),
+        desired_model=wanted,
+        desired_generation=desired.generation if desired else None,
+        applied_generation=device.applied_generation,
+        in_sync=wanted is None or (active is not None and active.sha256 == wanted.sha256),
+        first_seen=device.first_seen,
+        last_seen=device.last_seen,
+    )
+
+
+def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def list_devices(
+    session: Session,
+    *,
+    fleet: str | None = None,
+    state: DeviceState | None = None,
+    labels: Mapping[str, str] | None = None,
+    model: str | None = None,
+    version: str | None = None,
+) -> list[DevicePublic]:
+    """Devices matching every given filter; ``model``/``version`` match the active model."""
+    query = select(Device)
+    if fleet is not None:
+        query = query.where(Device.fleet == fleet)
+    if state is not None:
+        query = query.where(Device.state == state)
+    if model is not None:
+        query = query.where(Device.active_model_name == model)
+    if version is not None:
+        query = query.where(Device.active_model_version == version)
+    devices = list(session.exec(query.order_by(col(Device.id))).all())
+    if labels:
+        # Filtered here, not in SQL: JSON operators differ between SQLite and PostgreSQL.
+        devices = [d for d in devices if labels_match(d.labels, labels)]
+    desired = _desired_for(session, [d.id for d in devices])
+    return [_public(d, desired.get(d.id)) for d in devices]
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFoundError(f"device {device_id!r} is not known to this hub")
+    return device
+
+
+def device_detail(session: Session, device_id: str) -> DeviceDetailPublic:
+    device = get_device(session, device_id)
+    base = _public(device, _desired_for(session, [device_id]).get(device_id))
+    events = recent_events(session, device_id, RECENT_EVENTS)
+    windows = recent_telemetry(session, device_id, 1)
+    return DeviceDetailPublic(
+        **base.model_dump(),
+        recent_events=[DeviceEventPublic.model_validate(e) for e in events],
+        last_telemetry=TelemetryWindowPublic.model_validate(windows[0]) if windows else None,
+    )
+
+
+def recent_events(session: Session, device_id: str, limit: int) -> list[DeviceEvent]:
+    """A device's latest events, newest first."""
+    return list(
+        session.exec(
+            select(DeviceEvent)
+            .where(DeviceEvent.device_id == device_id)
+            .order_by(col(DeviceEvent.seq).desc())
+            .limit(limit)
+        ).all()
+    )
+
+
+def recent_telemetry(session: Session, device_id: str, limit: int) -> list[TelemetryWindow]:
+    """A device's latest telemetry windows, newest first."""
+    return list(
+        session.exec(
+            select(TelemetryWindow)
+            .where(TelemetryWindow.device_id == device_id)
+            .order_by(col(TelemetryWindow.seq).desc())
+            .limit(limit)
+        ).all()
+    )

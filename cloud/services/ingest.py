@@ -1,0 +1,291 @@
+"""Ingest: decode what devices publish and store it, a batch per transaction.
+
+Nothing a device sends can stop the ingest. A payload that does not decode is counted
+and logged with its topic and the reason (never its bytes); a message whose device id
+differs from the one in its topic is rejected, because a device may write only its own
+rows. Duplicates from QoS 1 redelivery are dropped by the ``(device_id, seq)`` keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from cloud.clock import Clock, from_ms, utcnow
+from cloud.db import SessionFactory, transaction
+from cloud.errors import HubError, InvalidInputError
+from cloud.models import DeviceEvent, TelemetryWindow
+from cloud.services import devices
+from edgefleet_proto.topics import Channel, FleetTopics, TopicError
+from edgefleet_proto.v1 import device_pb2, event_pb2, telemetry_pb2
+
+log = logging.getLogger(__name__)
+
+_MAX_INT64 = 2**63 - 1
+_ROWS_PER_INSERT = 500  # keeps a statement under SQLite's bound-parameter limit
+_KEYS = ["device_id", "seq"]
+
+
+class MalformedError(HubError):
+    """A payload that does not decode into what its topic promises."""
+
+
+class RejectedError(HubError):
+    """A well-formed message a device is not allowed to send (someone else's id or fleet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    topic: str
+    payload: bytes
+    # Replayed by the broker from its retained store rather than sent just now.
+    retained: bool = False
+
+
+@dataclass
+class IngestStats:
+    """Counters a health check or a test can read; updated under a lock."""
+
+    received: int = 0
+    statuses: int = 0
+    telemetry_windows: int = 0
+    events: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    rejected: int = 0
+    ignored: int = 0
+    failed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    device_id: str
+    channel: Channel
+    message: Any
+    retained: bool
+
+
+def _check_int64(what: str, value: int) -> int:
+    if value > _MAX_INT64:
+        raise MalformedError(f"{what} {value} is out of range: expected at most {_MAX_INT64}")
+    return value
+
+
+def _check_owner(topic_device: str, claimed: str, what: str) -> None:
+    if claimed != topic_device:
+        # repr and a cap: the claimed id is device-supplied text headed for the log.
+        raise RejectedError(
+            f"{what} names device {claimed[:128]!r} but was published on the topic of {topic_device!r}"
+        )
+
+
+class Ingestor:
+    """Decodes batches of inbound messages and stores each batch in one transaction."""
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        topics: FleetTopics,
+        *,
+        clock: Clock = utcnow,
+        stats: IngestStats | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._topics = topics
+        self._clock = clock
+        self.stats = stats if stats is not None else IngestStats()
+
+    def decode(self, msg: InboundMessage) -> _Decoded | None:
+        """The typed message, None for one to skip; raises MalformedError or RejectedError."""
+        try:
+            device_id, channel = self._topics.parse(msg.topic)
+        except TopicError as e:
+            raise MalformedError(str(e)) from e
+        if not msg.payload:
+            return None  # an empty retained payload clears a topic; nothing to store
+        try:
+            if channel is Channel.STATUS:
+                status = device_pb2.DeviceStatus.FromString(msg.payload)
+                _check_owner(device_id, status.device_id, "status")
+                if status.fleet and status.fleet != self._topics.fleet:
+                    raise RejectedError(
+                        f"status names fleet {status.fleet!r}, expected {self._topics.fleet!r}"
+                    )
+                devices.status_state(status)
+                _check_int64("applied_generation", status.applied_generation)
+                return _Decoded(device_id, channel, status, msg.retained)
+            if channel is Channel.TELEMETRY:
+                batch = telemetry_pb2.TelemetryBatch.FromString(msg.payload)
+                _check_owner(device_id, batch.device_id, "telemetry batch")
+                for window in batch.windows:
+                    _check_int64("telemetry seq", window.seq)
+                    if window.window_end_ms < window.window_start_ms:
+                        raise MalformedError(
+                            f"telemetry window {window.seq} ends ({window.window_end_ms}) before it "
+                            f"starts ({window.window_start_ms})"
+                        )
+                return _Decoded(device_id, channel, batch, msg.retained)
+            if channel is Channel.EVENTS:
+                event = event_pb2.Event.FromString(msg.payload)
+                _check_owner(device_id, event.device_id, "event")
+                _check_int64("event seq", event.seq)
+                return _Decoded(device_id, channel, event, msg.retained)
+        except DecodeError as e:
+            raise MalformedError(f"payload is not a valid {channel.value} protobuf: {e}") from e
+        except InvalidInputError as e:
+            raise MalformedError(str(e)) from e
+        return None  # a channel the hub does not store (yet)
+
+    def ingest(self, messages: Sequence[InboundMessage]) -> None:
+        """Store a batch; never raises for anything a device sent."""
+        decoded: list[_Decoded] = []
+        malformed = rejected = ignored = 0
+        for msg in messages:
+            try:
+                item = self.decode(msg)
+            except MalformedError as e:
+                malformed += 1
+                log.warning("malformed message on %s: %s", msg.topic, e)
+                continue
+            except RejectedError as e:
+                rejected += 1
+                log.warning("rejected message on %s: %s", msg.topic, e)
+                continue
+            if item is None:
+                ignored += 1
+            else:
+                decoded.append(item)
+        self.stats.add(received=len(messages), malformed=malformed, rejected=rejected, ignored=ignored)
+        if not decoded:
+            return
+        try:
+            self._store_in_transaction(decoded)
+        except Exception:
+            # One bad row must not cost the whole batch: retry each message on its own.
+            log.exception("storing a batch of %d messages failed; retrying one by one", len(decoded))
+            for item in decoded:
+                try:
+                    self._store_in_transaction([item])
+                except Exception:
+                    self.stats.add(failed=1)
+                    log.exception("could not store a %s message of device %s", item.channel, item.device_id)
+
+    def _store_in_transaction(self, items: Sequence[_Decoded]) -> None:
+        now = self._clock()
+        counts: dict[str, int] = {}
+        with transaction(self._sessions) as session:
+            counts = self._store(session, items, now)
+        self.stats.add(**counts)
+
+    def _store(self, session: Session, items: Sequence[_Decoded], now: datetime) -> dict[str, int]:
+        fleet = self._topics.fleet
+        windows: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        statuses = 0
+        for item in items:
+            seen_at = None if item.retained else now
+            if item.channel is Channel.STATUS:
+                status: device_pb2.DeviceStatus = item.message
+                if item.retained and status.sent_at_ms > 0:
+                    seen_at = min(from_ms(status.sent_at_ms), now)
+                devices.apply_status(session, fleet, status, seen_at=seen_at, now=now)
+                statuses += 1
+                continue
+            devices.touch(session, item.device_id, fleet, seen_at or now)
+            if item.channel is Channel.TELEMETRY:
+                windows.extend(_window_row(item.device_id, w, now) for w in item.message.windows)
+            elif item.channel is Channel.EVENTS:
+                events.append(_event_row(item.device_id, item.message, now))
+        stored_windows = _insert_ignoring_duplicates(session, TelemetryWindow.__table__, windows)  # type: ignore[attr-defined]
+        stored_events = _insert_ignoring_duplicates(session, DeviceEvent.__table__, events)  # type: ignore[attr-defined]
+        return {
+            "statuses": statuses,
+            "telemetry_windows": stored_windows,
+            "events": stored_events,
+            "duplicates": len(windows) - stored_windows + len(events) - stored_events,
+        }
+
+
+def _window_row(device_id: str, w: telemetry_pb2.TelemetryWindow, now: datetime) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        "seq": w.seq,
+        "window_start": from_ms(w.window_start_ms),
+        "window_end": from_ms(w.window_end_ms),
+        "model_name": w.model_name,
+        "model_version": w.model_version,
+        "requests": min(w.requests, _MAX_INT64),
+        "errors": min(w.errors, _MAX_INT64),
+        "p50_ms": w.latency.p50_ms,
+        "p95_ms": w.latency.p95_ms,
+        "p99_ms": w.latency.p99_ms,
+        "mean_ms": w.latency.mean_ms,
+        "max_ms": w.latency.max_ms,
+        "received_at": now,
+    }
+
+
+def event_kind(kind: int) -> str:
+    """``EVENT_KIND_ROLLED_BACK`` -> ``"rolled_back"``; a kind newer than this hub stays readable."""
+    try:
+        return event_pb2.EventKind.Name(kind).removeprefix("EVENT_KIND_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return f"unknown_{kind}"
+
+
+def _event_row(device_id: str, e: event_pb2.Event, now: datetime) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        "seq": e.seq,
+        "ts": from_ms(e.ts_ms),
+        "kind": event_kind(e.kind),
+        "model_name": e.model.name,
+        "model_version": e.model.version,
+        "model_sha256": e.model.sha256,
+        "reason": e.reason,
+        "details": dict(e.details),
+        "generation": min(e.generation, _MAX_INT64),
+        "received_at": now,
+    }
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict[str, Any]]) -> int:
+    """INSERT ... ON CONFLICT (device_id, seq) DO NOTHING; returns how many rows were new."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        raise RuntimeError(f"unsupported database dialect {dialect!r}: expected sqlite or postgresql")
+    inserted = 0
+    for chunk in _chunks(rows, _ROWS_PER_INSERT):
+        stmt: postgresql.Insert | sqlite.Insert
+        if dialect == "postgresql":
+            stmt = postgresql.insert(table).values(chunk).on_conflict_do_nothing(index_elements=_KEYS)
+        else:
+            stmt = sqlite.insert(table).values(chunk).on_conflict_do_nothing(index_elements=_KEYS)
+        inserted += len(session.exec(stmt.returning(table.c.id)).all())
+    return inserted

@@ -1,0 +1,65 @@
+"""Load an ONNX file in onnxruntime and describe its inputs and outputs.
+
+Loading it is the check that matters: a file the hub accepts must be one a device can run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cloud.errors import InvalidArtifactError
+
+# onnxruntime spells element types as "tensor(float)"; the wire contract uses numpy names.
+_ORT_TO_NUMPY = {
+    "float": "float32",
+    "double": "float64",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "int8": "int8",
+    "int16": "int16",
+    "int32": "int32",
+    "int64": "int64",
+    "uint8": "uint8",
+    "uint16": "uint16",
+    "uint32": "uint32",
+    "uint64": "uint64",
+    "bool": "bool",
+    "string": "str",
+}
+
+
+def _dtype(ort_type: str) -> str:
+    inner = ort_type.removeprefix("tensor(").removesuffix(")")
+    return _ORT_TO_NUMPY.get(inner, inner)
+
+
+def _shape(shape: Any) -> list[int]:
+    # Symbolic ("batch") and unknown (None) dimensions are both dynamic.
+    return [dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (shape or [])]
+
+
+def onnx_io_schema(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(inputs, outputs) as ``[{"name", "dtype", "shape"}]``; InvalidArtifactError if it does not load."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Validation needs the graph loaded, not optimised; keep it cheap and quiet.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own unrelated classes for each failure
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise InvalidArtifactError(
+            f"artifact is not a loadable ONNX model (corrupt or not ONNX): onnxruntime said: {reason}"
+        ) from e
+    inputs = [
+        {"name": i.name, "dtype": _dtype(i.type), "shape": _shape(i.shape)} for i in session.get_inputs()
+    ]
+    outputs = [
+        {"name": o.name, "dtype": _dtype(o.type), "shape": _shape(o.shape)} for o in session.get_outputs()
+    ]
+    return inputs, outputs

@@ -1,0 +1,126 @@
+"""Model registry: validate an artifact, store it by content, record the version.
+
+A registration is all or nothing: when the row cannot be written (duplicate, invalid
+model) the artifact is removed again, unless another version already uses the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from cloud.artifacts import ArtifactInfo, ArtifactStore, Readable
+from cloud.clock import Clock, utcnow
+from cloud.errors import ConflictError, NotFoundError, UnsupportedFormatError
+from cloud.models import ModelVersion
+from cloud.services.onnx_schema import onnx_io_schema
+from cloud.validation import check_model_name, check_version
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_FORMATS = ("onnx",)
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in SUPPORTED_FORMATS:
+        raise UnsupportedFormatError(
+            f"unsupported model format {fmt!r}: expected one of {', '.join(SUPPORTED_FORMATS)}"
+        )
+    return fmt
+
+
+def check_new_version(session: Session, name: str, version: str, fmt: str) -> None:
+    """Validate what a registration names before any byte is stored."""
+    check_model_name(name)
+    check_version(version)
+    check_format(fmt)
+    if find_model(session, name, version) is not None:
+        raise ConflictError(f"model {name} version {version} is already registered; expected a new version")
+
+
+def register_model(
+    session: Session,
+    store: ArtifactStore,
+    name: str,
+    version: str,
+    stream: Readable,
+    *,
+    fmt: str = "onnx",
+    max_length: int | None = None,
+    clock: Clock = utcnow,
+) -> ModelVersion:
+    """Store the artifact read from ``stream`` and register it as ``name`` ``version``."""
+    check_new_version(session, name, version, fmt)
+    info = store.put_stream(stream, max_length=max_length)
+    return register_stored(session, store, name, version, info, fmt=fmt, clock=clock)
+
+
+def register_stored(
+    session: Session,
+    store: ArtifactStore,
+    name: str,
+    version: str,
+    info: ArtifactInfo,
+    *,
+    fmt: str = "onnx",
+    clock: Clock = utcnow,
+) -> ModelVersion:
+    """Register an artifact already in the store (an upload streamed there by the API)."""
+    try:
+        check_new_version(session, name, version, fmt)
+        inputs, outputs = onnx_io_schema(store.path(info.sha256))
+        row = ModelVersion(
+            name=name,
+            version=version,
+            format=fmt,
+            sha256=info.sha256,
+            length=info.length,
+            inputs=inputs,
+            outputs=outputs,
+            created_at=clock(),
+        )
+        session.add(row)
+        try:
+            session.commit()
+        except IntegrityError as e:
+            # Lost a race with a concurrent registration of the same name and version.
+            raise ConflictError(f"model {name} version {version} is already registered") from e
+    except BaseException:
+        session.rollback()
+        _discard_unreferenced(session, store, info.sha256)
+        raise
+    session.refresh(row)
+    log.info("registered model %s %s (%s, %d bytes)", name, version, info.sha256, info.length)
+    return row
+
+
+def _discard_unreferenced(session: Session, store: ArtifactStore, sha256: str) -> None:
+    if session.exec(select(ModelVersion.id).where(ModelVersion.sha256 == sha256)).first() is None:
+        store.delete(sha256)
+
+
+def find_model(session: Session, name: str, version: str) -> ModelVersion | None:
+    return session.exec(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+    ).first()
+
+
+def get_model(session: Session, name: str, version: str) -> ModelVersion:
+    row = find_model(session, name, version)
+    if row is None:
+        raise NotFoundError(f"model {name} version {version} is not registered")
+    return row
+
+
+def list_models(session: Session, name: str | None = None) -> list[ModelVersion]:
+    query = select(ModelVersion)
+    if name is not None:
+        query = query.where(ModelVersion.name == name)
+    return list(session.exec(query.order_by(col(ModelVersion.name), col(ModelVersion.created_at))).all())
+
+
+def is_registered_artifact(session: Session, sha256: str) -> bool:
+    """Whether some model version pins this artifact (only those are served to devices)."""
+    return session.exec(select(ModelVersion.id).where(ModelVersion.sha256 == sha256)).first() is not None

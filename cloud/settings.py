@@ -1,0 +1,118 @@
+"""Hub configuration: one ``Settings`` read from ``EDGEFLEET_*`` environment variables.
+
+Fields left unset resolve against ``data_dir`` (``resolved_database_url()``,
+``resolved_artifact_dir()``) so one folder holds a single-machine hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefleet_proto.topics import DEFAULT_PREFIX, TopicError, validate_id, validate_prefix
+
+MiB = 1024 * 1024
+_DB_SCHEMES = ("sqlite", "postgresql")
+
+
+class Settings(BaseSettings):
+    """Everything a hub process needs to know; defaults run on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
+
+    data_dir: Path = Path(".edgefleet")
+    database_url: str | None = None
+    artifact_dir: Path | None = None
+    fleet: str = "default"
+    topic_prefix: str = DEFAULT_PREFIX
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_keepalive_s: int = Field(default=30, ge=5, le=3600)
+    share_group: str = "edgefleet-hub"
+    # How long publish_desired waits for the broker's PUBACK before reporting failure.
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    grpc_public_endpoint: str | None = None
+
+    max_upload_bytes: int = Field(default=256 * MiB, gt=0)
+    # Bounded so that a flood of device messages slows the broker connection (back-pressure)
+    # instead of growing the hub's memory without limit.
+    ingest_queue_size: int = Field(default=10_000, gt=0)
+    ingest_batch_size: int = Field(default=500, gt=0)
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet_is_an_id(cls, value: str) -> str:
+        try:
+            return validate_id("fleet", value)
+        except TopicError as e:
+            raise ValueError(str(e)) from e
+
+    @field_validator("share_group")
+    @classmethod
+    def _share_group_is_an_id(cls, value: str) -> str:
+        try:
+            return validate_id("share group", value)
+        except TopicError as e:
+            raise ValueError(str(e)) from e
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_levels(cls, value: str) -> str:
+        try:
+            return validate_prefix(value)
+        except TopicError as e:
+            raise ValueError(str(e)) from e
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_is_supported(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split(":", 1)[0].split("+", 1)[0]
+        if scheme not in _DB_SCHEMES or "://" not in value:
+            raise ValueError(
+                f"unsupported database URL scheme {scheme!r}: expected sqlite:///path or "
+                "postgresql+psycopg://user@host:port/db"
+            )
+        return value
+
+    @field_validator("grpc_public_endpoint")
+    @classmethod
+    def _endpoint_is_host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"invalid gRPC public endpoint {value!r}: expected host:port")
+        return value
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, or a SQLite file in ``data_dir``."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'hub.db'}"
+
+    def resolved_artifact_dir(self) -> Path:
+        """The configured artifact folder, or ``{data_dir}/artifacts``."""
+        return self.artifact_dir if self.artifact_dir is not None else self.data_dir / "artifacts"
+
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    def public_grpc_endpoint(self, bound_port: int) -> str:
+        """What devices are told to fetch artifacts from."""
+        if self.grpc_public_endpoint is not None:
+            return self.grpc_public_endpoint
+        return f"{self.grpc_host}:{bound_port}"

@@ -1,0 +1,165 @@
+"""``edgefleet-agent``: run the device agent, or a simulated fleet of them.
+
+    edgefleet-agent --config /etc/edgefleet/agent.toml        (same as `run`)
+    edgefleet-agent run --config /etc/edgefleet/agent.toml
+    edgefleet-agent simulate --devices 100 --fleet demo --state-root /tmp/fleet
+
+SIGTERM and SIGINT stop cleanly: the agent flushes telemetry and publishes
+OFFLINE before it exits. argparse keeps the agent light (no CLI framework).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_agent import __version__
+from edge_agent.errors import AgentError, ConfigError
+from edge_agent.logs import configure_logging
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+
+def _install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _run_agent(config_path: Path) -> None:
+    from edge_agent.agent import Agent
+    from edge_agent.config import load_config
+
+    config = load_config(config_path)
+    stop = asyncio.Event()
+    _install_stop_signals(stop)
+    agent = Agent(config)
+    log.info("agent %s starting device=%s fleet=%s", __version__, config.device_id, config.fleet)
+    await agent.run(stop)
+
+
+async def _simulate(args: argparse.Namespace) -> None:
+    from edge_agent.sim import run_fleet
+
+    stop = asyncio.Event()
+    _install_stop_signals(stop)
+    labels = dict(args.label)
+    await run_fleet(
+        args.devices,
+        args.state_root,
+        args.fleet,
+        mqtt_host=args.mqtt_host,
+        mqtt_port=args.mqtt_port,
+        mqtt_protocol=args.mqtt_protocol,
+        grpc_endpoint=args.grpc_endpoint,
+        local_api_devices=args.local_api_devices,
+        labels=labels,
+        telemetry_interval_s=args.telemetry_interval,
+        stop_event=stop,
+    )
+
+
+def _parse_label(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--label expects key=value, got {item!r}")
+    return key, value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgefleet-agent",
+        description="The edgefleet device agent: keeps a verified model serving and reports to the hub.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", type=Path, metavar="PATH", help="agent config (TOML); runs the agent")
+    parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent for one device", description="Run the agent.")
+    run.add_argument(
+        "--config", type=Path, required=True, dest="run_config", metavar="PATH", help="agent config (TOML)"
+    )
+    run.add_argument("--log-level", dest="run_log_level", metavar="LEVEL", help="log level (default INFO)")
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run N simulated devices in one process",
+        description="Run N real agents in one process, each with its own state folder under --state-root. "
+        'Prints {"event": "ready", ...} on stdout once all are connected.',
+    )
+    sim.add_argument("--devices", type=_positive_int, default=10, metavar="N", help="devices (default 10)")
+    sim.add_argument("--fleet", required=True, help="fleet name")
+    sim.add_argument("--mqtt-host", default="127.0.0.1", metavar="HOST", help="broker (default 127.0.0.1)")
+    sim.add_argument("--mqtt-port", type=int, default=1883, metavar="PORT", help="broker port (default 1883)")
+    sim.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)")
+    sim.add_argument(
+        "--grpc-endpoint", default="127.0.0.1:50051", metavar="HOST:PORT", help="hub artifact service"
+    )
+    sim.add_argument(
+        "--state-root", type=Path, required=True, metavar="DIR", help="folder for the state folders"
+    )
+    sim.add_argument(
+        "--local-api-devices",
+        type=int,
+        metavar="K",
+        help="first K devices get a local API (default all)",
+    )
+    sim.add_argument(
+        "--telemetry-interval", type=float, default=10.0, metavar="S", help="seconds per window (default 10)"
+    )
+    sim.add_argument(
+        "--label", action="append", type=_parse_label, default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    sim.add_argument("--log-level", dest="sim_log_level", metavar="LEVEL", help="log level (default WARNING)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    command = args.command or ("run" if args.config is not None else None)
+    if command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if command == "simulate":
+        level = args.sim_log_level or args.log_level or "WARNING"
+    else:
+        level = getattr(args, "run_log_level", None) or args.log_level or "INFO"
+    try:
+        configure_logging(level)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        if command == "simulate":
+            asyncio.run(_simulate(args))
+        else:
+            asyncio.run(_run_agent(getattr(args, "run_config", None) or args.config))
+    except ConfigError as e:
+        print(f"edgefleet-agent: configuration error: {e}", file=sys.stderr)
+        return 2
+    except AgentError as e:
+        print(f"edgefleet-agent: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

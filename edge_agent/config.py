@@ -1,0 +1,389 @@
+"""The agent's configuration: frozen dataclasses read from one TOML file.
+
+Every default is a safe limit for a small device. :func:`load_config` refuses
+unknown keys (a typo must not silently fall back to a default) and names the
+key, the expected type and what came when a value is wrong.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+from edge_agent.errors import ConfigError
+from edgefleet_proto.topics import DEFAULT_PREFIX, TopicError, validate_id, validate_prefix
+
+__all__ = [
+    "AgentConfig",
+    "BackoffConfig",
+    "HubConfig",
+    "LimitsConfig",
+    "LocalApiConfig",
+    "MqttConfig",
+    "MqttProtocol",
+    "RuntimeConfig",
+    "TelemetryConfig",
+    "load_config",
+]
+
+MqttProtocol = Literal["5", "3.1.1"]
+_PROTOCOLS: tuple[MqttProtocol, ...] = ("5", "3.1.1")
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+DEFAULT_SOCKET = "{state_dir}/agent.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    protocol: MqttProtocol = "5"
+    username: str | None = None
+    # The password lives in its own file (mode 0600) so that the config can be shared and logged.
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    keepalive_s: int = 30
+    topic_prefix: str = DEFAULT_PREFIX
+    # Empty: "{fleet}.{device_id}", unique on a broker that several fleets share.
+    client_id: str = ""
+
+    def __post_init__(self) -> None:
+        _check_port("mqtt.port", self.port)
+        if self.protocol not in _PROTOCOLS:
+            raise ConfigError(f"mqtt.protocol: expected one of {list(_PROTOCOLS)}, got {self.protocol!r}")
+        if self.keepalive_s < 5:
+            raise ConfigError(f"mqtt.keepalive_s: expected at least 5 seconds, got {self.keepalive_s}")
+        try:
+            validate_prefix(self.topic_prefix)
+        except TopicError as e:
+            raise ConfigError(f"mqtt.topic_prefix: {e}") from e
+
+    def read_password(self) -> str | None:
+        """The password from ``password_file`` (read at each connect, so it can be rotated)."""
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"mqtt.password_file: cannot read {self.password_file}: {e.strerror}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    grpc_endpoint: str = "127.0.0.1:50051"
+    grpc_tls: bool = False
+    ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.grpc_endpoint:
+            raise ConfigError("hub.grpc_endpoint: expected 'host:port', got an empty string")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalApiConfig:
+    # None: no Unix socket.
+    socket: Path | None = None
+    # 0: no TCP listener. Always bound to 127.0.0.1, never off-host.
+    tcp_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tcp_port != 0:
+            _check_port("local_api.tcp_port", self.tcp_port)
+        if self.socket is not None and len(str(self.socket).encode()) > _MAX_SOCKET_PATH:
+            raise ConfigError(
+                f"local_api.socket: Unix socket paths hold at most {_MAX_SOCKET_PATH} bytes, "
+                f"got {len(str(self.socket).encode())} ({self.socket})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    interval_s: float = 10.0
+    max_samples_per_window: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0:
+            raise ConfigError(f"telemetry.interval_s: expected > 0 seconds, got {self.interval_s}")
+        if self.max_samples_per_window < 1:
+            raise ConfigError(
+                f"telemetry.max_samples_per_window: expected >= 1, got {self.max_samples_per_window}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    # One thread per session: a device runs one model and a simulator runs a thousand.
+    intra_op_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 1:
+            raise ConfigError(f"runtime.intra_op_threads: expected >= 1, got {self.intra_op_threads}")
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffConfig:
+    initial_s: float = 1.0
+    max_s: float = 120.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.initial_s <= 0:
+            raise ConfigError(f"backoff.initial_s: expected > 0, got {self.initial_s}")
+        if self.max_s < self.initial_s:
+            raise ConfigError(f"backoff.max_s: expected >= initial_s ({self.initial_s}), got {self.max_s}")
+        if self.multiplier < 1:
+            raise ConfigError(f"backoff.multiplier: expected >= 1, got {self.multiplier}")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_artifact_bytes: int = 256 * 1024 * 1024
+    download_chunk_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_artifact_bytes < 1:
+            raise ConfigError(f"limits.max_artifact_bytes: expected >= 1, got {self.max_artifact_bytes}")
+        if self.download_chunk_timeout_s <= 0:
+            raise ConfigError(
+                f"limits.download_chunk_timeout_s: expected > 0 seconds, got {self.download_chunk_timeout_s}"
+            )
+
+
+def _frozen_labels() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    device_id: str
+    fleet: str
+    state_dir: Path
+    labels: Mapping[str, str] = field(default_factory=_frozen_labels)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    local_api: LocalApiConfig = field(default_factory=LocalApiConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def __post_init__(self) -> None:
+        for kind, value in (("device", self.device_id), ("fleet", self.fleet)):
+            try:
+                validate_id(kind, value)
+            except TopicError as e:
+                raise ConfigError(f"{'device_id' if kind == 'device' else 'fleet'}: {e}") from e
+        for key, value in self.labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ConfigError(f"labels: expected string keys and values, got {key!r} = {value!r}")
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or f"{self.fleet}.{self.device_id}"
+
+    @classmethod
+    def for_simulation(
+        cls,
+        *,
+        device_id: str,
+        fleet: str,
+        state_dir: Path,
+        mqtt_host: str = "127.0.0.1",
+        mqtt_port: int = 1883,
+        mqtt_protocol: MqttProtocol = "5",
+        grpc_endpoint: str = "127.0.0.1:50051",
+        local_api: bool = False,
+        labels: Mapping[str, str] | None = None,
+        telemetry_interval_s: float = 10.0,
+        backoff: BackoffConfig | None = None,
+    ) -> AgentConfig:
+        """A config for one simulated device: plain TCP, a Unix socket under ``state_dir`` or none."""
+        return cls(
+            device_id=device_id,
+            fleet=fleet,
+            state_dir=state_dir,
+            labels=dict(labels or {}),
+            mqtt=MqttConfig(host=mqtt_host, port=mqtt_port, protocol=mqtt_protocol),
+            hub=HubConfig(grpc_endpoint=grpc_endpoint),
+            local_api=LocalApiConfig(socket=state_dir / "agent.sock" if local_api else None),
+            telemetry=TelemetryConfig(interval_s=telemetry_interval_s),
+            backoff=backoff or BackoffConfig(),
+        )
+
+
+def _check_port(key: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{key}: expected a port in 1..65535, got {port}")
+
+
+# -- TOML reading --------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+class _Table:
+    """One TOML table, read key by key with errors that name the full key."""
+
+    def __init__(self, data: Mapping[str, Any], name: str, base_dir: Path) -> None:
+        self._data = data
+        self._name = name
+        self._base = base_dir
+        self._seen: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self._name}.{key}" if self._name else key
+
+    def _get(self, key: str, kind: type[_T] | tuple[type, ...], expected: str) -> _T | None:
+        self._seen.add(key)
+        if key not in self._data:
+            return None
+        value = self._data[key]
+        # bool is an int subclass: `port = true` must not pass as 1.
+        if isinstance(value, bool) and kind is not bool:
+            raise _type_error(self._key(key), expected, value)
+        if not isinstance(value, kind):
+            raise _type_error(self._key(key), expected, value)
+        return value  # type: ignore[return-value]
+
+    def str_(self, key: str, default: str) -> str:
+        value = self._get(key, str, "a string")
+        return default if value is None else value
+
+    def opt_str(self, key: str) -> str | None:
+        return self._get(key, str, "a string")
+
+    def required_str(self, key: str) -> str:
+        value = self.opt_str(key)
+        if not value:
+            raise ConfigError(f"{self._key(key)}: required, expected a non-empty string")
+        return value
+
+    def all_str(self) -> dict[str, str]:
+        """Every key of a free-form table, each value a string."""
+        return {key: self.str_(key, "") for key in list(self._data)}
+
+    def int_(self, key: str, default: int) -> int:
+        value = self._get(key, int, "an integer")
+        return default if value is None else value
+
+    def float_(self, key: str, default: float) -> float:
+        value: int | float | None = self._get(key, (int, float), "a number")
+        return default if value is None else float(value)
+
+    def bool_(self, key: str, default: bool) -> bool:
+        value = self._get(key, bool, "true or false")
+        return default if value is None else value
+
+    def path(self, key: str) -> Path | None:
+        value = self.opt_str(key)
+        if value is None or value == "":
+            return None
+        return self.resolve(value)
+
+    def resolve(self, value: str) -> Path:
+        # Relative paths are relative to the config file, not to wherever the agent was started.
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self._base / path
+
+    def table(self, key: str) -> _Table:
+        value = self._get(key, dict, "a table")
+        return _Table(value or {}, self._key(key), self._base)
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            where = f"[{self._name}]" if self._name else "the top level"
+            raise ConfigError(
+                f"unknown key {self._key(unknown[0])!r} in {where}; expected one of {sorted(self._seen)}"
+            )
+
+
+def _type_error(key: str, expected: str, value: object) -> ConfigError:
+    return ConfigError(f"{key}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read an agent config from a TOML file; raise :class:`ConfigError` naming what is wrong."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    return config_from_mapping(data, base_dir=path.resolve().parent)
+
+
+def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConfig:
+    """Build an :class:`AgentConfig` from parsed TOML; relative paths resolve against ``base_dir``."""
+    top = _Table(data, "", base_dir)
+    device_id = top.required_str("device_id")
+    fleet = top.required_str("fleet")
+    state_dir = top.resolve(top.required_str("state_dir"))
+    labels = top.table("labels").all_str()
+
+    m = top.table("mqtt")
+    protocol = m.str_("protocol", "5")
+    if protocol not in _PROTOCOLS:
+        raise ConfigError(f"mqtt.protocol: expected one of {list(_PROTOCOLS)}, got {protocol!r}")
+    mqtt = MqttConfig(
+        host=m.str_("host", "127.0.0.1"),
+        port=m.int_("port", 1883),
+        protocol=protocol,
+        username=m.opt_str("username") or None,
+        password_file=m.path("password_file"),
+        tls=m.bool_("tls", False),
+        ca_file=m.path("ca_file"),
+        keepalive_s=m.int_("keepalive_s", 30),
+        topic_prefix=m.str_("topic_prefix", DEFAULT_PREFIX),
+        client_id=m.str_("client_id", ""),
+    )
+    h = top.table("hub")
+    hub = HubConfig(
+        grpc_endpoint=h.str_("grpc_endpoint", "127.0.0.1:50051"),
+        grpc_tls=h.bool_("grpc_tls", False),
+        ca_file=h.path("ca_file"),
+    )
+    la = top.table("local_api")
+    socket_raw = la.str_("socket", DEFAULT_SOCKET)
+    socket = None if socket_raw == "" else la.resolve(socket_raw.replace("{state_dir}", str(state_dir)))
+    local_api = LocalApiConfig(socket=socket, tcp_port=la.int_("tcp_port", 0))
+    t = top.table("telemetry")
+    telemetry = TelemetryConfig(
+        interval_s=t.float_("interval_s", 10.0),
+        max_samples_per_window=t.int_("max_samples_per_window", 1024),
+    )
+    r = top.table("runtime")
+    runtime = RuntimeConfig(intra_op_threads=r.int_("intra_op_threads", 1))
+    b = top.table("backoff")
+    backoff = BackoffConfig(
+        initial_s=b.float_("initial_s", 1.0),
+        max_s=b.float_("max_s", 120.0),
+        multiplier=b.float_("multiplier", 2.0),
+    )
+    lim = top.table("limits")
+    limits = LimitsConfig(
+        max_artifact_bytes=lim.int_("max_artifact_bytes", 256 * 1024 * 1024),
+        download_chunk_timeout_s=lim.float_("download_chunk_timeout_s", 30.0),
+    )
+    for table in (top, m, h, la, t, r, b, lim):
+        table.check_unknown()
+    return AgentConfig(
+        device_id=device_id,
+        fleet=fleet,
+        state_dir=state_dir,
+        labels=labels,
+        mqtt=mqtt,
+        hub=hub,
+        local_api=local_api,
+        telemetry=telemetry,
+        runtime=runtime,
+        backoff=backoff,
+        limits=limits,
+    )

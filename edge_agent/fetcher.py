@@ -1,0 +1,252 @@
+"""Fetching artifacts from the hub into a ``.part`` file, resumably.
+
+:class:`Fetcher` is the seam: the updater only knows that a fetch appends the
+bytes from ``offset`` on to a partial file and reports progress. The real one,
+:class:`GrpcFetcher`, streams ``ArtifactService.Fetch`` over a channel from a
+:class:`ChannelPool`, so that a thousand simulated agents share one channel per
+endpoint instead of opening a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import grpc
+import grpc.aio
+
+from edge_agent.errors import (
+    ArtifactNotFoundError,
+    DownloadError,
+    DownloadIncompleteError,
+    DownloadProtocolError,
+    DownloadRefusedError,
+    DownloadStalledError,
+    HubUnavailableError,
+)
+from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc, common_pb2
+
+__all__ = ["ChannelPool", "Fetcher", "GrpcFetcher", "write_chunks_from"]
+
+DEFAULT_CHUNK_SIZE = 256 * 1024
+# The end-of-stream marker of grpc.aio's read(); the stubs type it only as `object`.
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+class Fetcher(Protocol):
+    """Appends an artifact's bytes from ``offset`` to ``dest_partial``."""
+
+    def fetch(
+        self, ref: common_pb2.ModelRef, dest_partial: Path, offset: int, *, endpoint: str = ""
+    ) -> AsyncIterator[int]:
+        """Yield the number of bytes held in ``dest_partial`` after each chunk.
+
+        ``dest_partial`` is truncated to ``offset`` first. Ends when ``ref.length``
+        bytes are held; raises a :class:`DownloadError` otherwise. ``endpoint``
+        overrides the provisioned hub endpoint ("" keeps it).
+        """
+        ...
+
+
+class ChannelPool:
+    """One grpc.aio channel per (endpoint, TLS settings), shared by every agent in the process."""
+
+    def __init__(self) -> None:
+        self._channels: dict[tuple[str, bool, str], grpc.aio.Channel] = {}
+
+    def get(self, endpoint: str, *, tls: bool = False, ca_file: Path | None = None) -> grpc.aio.Channel:
+        key = (endpoint, tls, str(ca_file or ""))
+        channel = self._channels.get(key)
+        if channel is None:
+            if tls:
+                try:
+                    root = ca_file.read_bytes() if ca_file is not None else None
+                except OSError as e:
+                    raise DownloadError(f"cannot read the hub CA file {ca_file}: {e.strerror}") from e
+                credentials = grpc.ssl_channel_credentials(root_certificates=root)
+                channel = grpc.aio.secure_channel(endpoint, credentials)
+            else:
+                channel = grpc.aio.insecure_channel(endpoint)
+            self._channels[key] = channel
+        return channel
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close(None)
+
+
+def _open_at(path: Path, offset: int) -> BinaryIO:
+    f = path.open("r+b") if path.exists() else path.open("w+b")
+    f.truncate(offset)
+    f.seek(offset)
+    return f
+
+
+async def write_chunks_from(
+    chunks: AsyncIterator[tuple[int, bytes]], ref: common_pb2.ModelRef, dest: Path, offset: int, limit: int
+) -> AsyncIterator[int]:
+    """Append ``(offset, data)`` chunks to ``dest`` with the checks every fetcher needs.
+
+    Refuses a chunk that does not start where the file ends, and any byte past
+    ``min(ref.length, limit)``; fsyncs before reporting the last byte so that a
+    resumed download trusts only what reached the disk.
+    """
+    expected = ref.length
+    if offset > expected:
+        raise ValueError(f"offset {offset} is past the pinned length {expected}; discard the partial first")
+    if expected > limit:
+        raise DownloadProtocolError(f"artifact is {expected} bytes; the limit on this device is {limit}")
+    held = offset
+    try:
+        f = _open_at(dest, offset)
+    except OSError as e:
+        raise DownloadError(f"cannot write partial file {dest}: {e.strerror}") from e
+    with f:
+        async for chunk_offset, data in chunks:
+            if chunk_offset != held:
+                raise DownloadProtocolError(f"chunk out of order: expected offset {held}, got {chunk_offset}")
+            if held + len(data) > expected:
+                raise DownloadProtocolError(
+                    f"hub sent more than the pinned {expected} bytes (at least {held + len(data)})"
+                )
+            try:
+                f.write(data)
+            except OSError as e:
+                raise DownloadError(f"cannot write partial file {dest}: {e.strerror}") from e
+            held += len(data)
+            if held == expected:
+                f.flush()
+                os.fsync(f.fileno())
+            yield held
+        if held < expected:
+            f.flush()
+            raise DownloadIncompleteError(f"stream ended at {held} of {expected} bytes")
+        if held == offset:
+            # Nothing arrived because nothing was missing: still report where we stand.
+            yield held
+
+
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
+_REFUSED = {
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def map_rpc_error(e: grpc.aio.AioRpcError, endpoint: str, sha256: str, held: int) -> DownloadError:
+    """A domain error for a failed Fetch, naming the endpoint, the artifact and how far it got."""
+    code = e.code()
+    where = f"hub {endpoint} at byte {held} of {sha256}"
+    text = f"{code.name}: {e.details() or 'no details'}"
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ArtifactNotFoundError(f"hub {endpoint} has no artifact {sha256} ({text})")
+    if code in _REFUSED:
+        return DownloadRefusedError(f"{where} refused the download: {text}")
+    if code in _TRANSIENT:
+        return HubUnavailableError(f"{where}: stream failed: {text}")
+    return DownloadError(f"{where}: {text}")
+
+
+class GrpcFetcher:
+    """A :class:`Fetcher` over ``ArtifactService.Fetch`` (grpc.aio)."""
+
+    def __init__(
+        self,
+        channels: ChannelPool,
+        *,
+        endpoint: str,
+        device_id: str,
+        chunk_timeout_s: float = 30.0,
+        max_bytes: int = 256 * 1024 * 1024,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        tls: bool = False,
+        ca_file: Path | None = None,
+    ) -> None:
+        self._channels = channels
+        self._endpoint = endpoint
+        self._device_id = device_id
+        self._chunk_timeout = chunk_timeout_s
+        self._max_bytes = max_bytes
+        self._chunk_size = chunk_size
+        self._tls = tls
+        self._ca_file = ca_file
+
+    async def fetch(
+        self, ref: common_pb2.ModelRef, dest_partial: Path, offset: int, *, endpoint: str = ""
+    ) -> AsyncIterator[int]:
+        target = endpoint or self._endpoint
+        if offset >= ref.length:
+            # A complete partial from an earlier run: nothing to ask the hub for.
+            async for held in write_chunks_from(_no_chunks(), ref, dest_partial, offset, self._max_bytes):
+                yield held
+            return
+        channel = self._channels.get(target, tls=self._tls, ca_file=self._ca_file)
+        stub = artifact_pb2_grpc.ArtifactServiceStub(channel)
+        request = artifact_pb2.FetchRequest(
+            sha256=ref.sha256, offset=offset, chunk_size=self._chunk_size, device_id=self._device_id
+        )
+        call = stub.Fetch(request)
+        progress = _Progress(offset)
+        try:
+            chunks = self._checked_chunks(call, ref, target, progress)
+            async for held in write_chunks_from(chunks, ref, dest_partial, offset, self._max_bytes):
+                progress.held = held
+                yield held
+        except grpc.aio.AioRpcError as e:
+            raise map_rpc_error(e, target, ref.sha256, progress.held) from e
+        finally:
+            call.cancel()
+
+    async def _checked_chunks(
+        self,
+        call: grpc.aio.UnaryStreamCall[artifact_pb2.FetchRequest, artifact_pb2.ArtifactChunk],
+        ref: common_pb2.ModelRef,
+        target: str,
+        progress: _Progress,
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(call.read(), self._chunk_timeout)
+            except TimeoutError:
+                raise DownloadStalledError(
+                    f"hub {target} sent nothing for {self._chunk_timeout:g} s "
+                    f"at byte {progress.held} of {ref.sha256}"
+                ) from None
+            if chunk is _EOF:
+                return
+            if not isinstance(chunk, artifact_pb2.ArtifactChunk):
+                kind = type(chunk).__name__
+                raise DownloadProtocolError(f"hub {target} sent {kind}, expected ArtifactChunk")
+            if chunk.total_length and chunk.total_length != ref.length:
+                raise DownloadProtocolError(
+                    f"hub {target} says {ref.sha256} is {chunk.total_length} bytes; "
+                    f"the desired state pins {ref.length}"
+                )
+            yield chunk.offset, chunk.data
+
+
+class _Progress:
+    __slots__ = ("held",)
+
+    def __init__(self, held: int) -> None:
+        self.held = held
+
+
+async def _no_chunks() -> AsyncIterator[tuple[int, bytes]]:
+    return
+    yield  # an async generator that yields nothing

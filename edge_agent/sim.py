@@ -1,0 +1,141 @@
+"""A simulated fleet: N real agents in one asyncio loop, for demos, tests and benchmarks.
+
+Each agent is the real thing (its own state folder, MQTT connection, updater and
+onnxruntime sessions); they share the event loop and one gRPC channel per hub
+endpoint. Once every agent is connected and listening, one JSON line goes to
+stdout:
+
+    {"event": "ready", "devices": N, "sockets": {"sim-0001": "/path/agent.sock", ...}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from edge_agent.agent import Agent
+from edge_agent.config import AgentConfig, BackoffConfig, MqttProtocol
+from edge_agent.fetcher import ChannelPool
+from edge_agent.tasks import cancel_and_wait
+
+__all__ = ["Fleet", "device_ids", "run_fleet"]
+
+
+def device_ids(n: int) -> list[str]:
+    """``sim-0001`` .. ``sim-N`` (wider numbers past 9999), in order."""
+    if n < 1:
+        raise ValueError(f"a fleet needs at least 1 device, got {n}")
+    width = max(4, len(str(n)))
+    return [f"sim-{i:0{width}d}" for i in range(1, n + 1)]
+
+
+class Fleet:
+    """The agents of one simulated fleet; :meth:`run` runs them all until ``stop`` is set."""
+
+    def __init__(
+        self,
+        n: int,
+        base_dir: Path,
+        fleet: str,
+        *,
+        mqtt_host: str = "127.0.0.1",
+        mqtt_port: int = 1883,
+        mqtt_protocol: MqttProtocol = "5",
+        grpc_endpoint: str = "127.0.0.1:50051",
+        local_api_devices: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        telemetry_interval_s: float = 10.0,
+        backoff: BackoffConfig | None = None,
+    ) -> None:
+        with_api = n if local_api_devices is None else max(0, min(local_api_devices, n))
+        self.channels = ChannelPool()
+        self.agents = [
+            Agent(
+                AgentConfig.for_simulation(
+                    device_id=device_id,
+                    fleet=fleet,
+                    state_dir=base_dir / device_id,
+                    mqtt_host=mqtt_host,
+                    mqtt_port=mqtt_port,
+                    mqtt_protocol=mqtt_protocol,
+                    grpc_endpoint=grpc_endpoint,
+                    local_api=index < with_api,
+                    labels=labels,
+                    telemetry_interval_s=telemetry_interval_s,
+                    backoff=backoff,
+                ),
+                channels=self.channels,
+            )
+            for index, device_id in enumerate(device_ids(n))
+        ]
+
+    @property
+    def sockets(self) -> dict[str, str]:
+        """Unix socket path of each agent that serves a local API."""
+        return {
+            a.device_id: str(a.config.local_api.socket)
+            for a in self.agents
+            if a.config.local_api.socket is not None
+        }
+
+    async def run(self, stop: asyncio.Event, *, out: TextIO | None = None) -> None:
+        """Run every agent; print the ready line to ``out`` (stdout) once all are up."""
+        tasks = [asyncio.create_task(a.run(stop), name=f"agent-{a.device_id}") for a in self.agents]
+        all_ready: asyncio.Future[Any] = asyncio.gather(*(a.ready.wait() for a in self.agents))
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        try:
+            waiting: set[asyncio.Future[Any]] = {all_ready, stopped, *tasks}
+            while not stopped.done():
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
+                    if task in done and task.exception() is not None:
+                        raise RuntimeError(f"{task.get_name()} failed") from task.exception()
+                if all_ready in done:
+                    line = {"event": "ready", "devices": len(self.agents), "sockets": self.sockets}
+                    stream = out if out is not None else sys.stdout
+                    stream.write(json.dumps(line) + "\n")
+                    stream.flush()
+        finally:
+            stop.set()
+            await cancel_and_wait([all_ready, stopped])
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.channels.close()
+
+
+async def run_fleet(
+    n: int,
+    base_dir: Path,
+    fleet: str,
+    *,
+    mqtt_host: str = "127.0.0.1",
+    mqtt_port: int = 1883,
+    mqtt_protocol: MqttProtocol = "5",
+    grpc_endpoint: str = "127.0.0.1:50051",
+    local_api_devices: int | None = None,
+    labels: Mapping[str, str] | None = None,
+    telemetry_interval_s: float = 10.0,
+    stop_event: asyncio.Event,
+    out: TextIO | None = None,
+) -> None:
+    """Run ``n`` agents (``sim-0001``..) under ``base_dir`` until ``stop_event`` is set.
+
+    ``local_api_devices``: how many of the first devices serve a local API socket
+    (None: all). The caller turns SIGINT/SIGTERM into ``stop_event`` (the CLI does).
+    """
+    fleet_ = Fleet(
+        n,
+        base_dir,
+        fleet,
+        mqtt_host=mqtt_host,
+        mqtt_port=mqtt_port,
+        mqtt_protocol=mqtt_protocol,
+        grpc_endpoint=grpc_endpoint,
+        local_api_devices=local_api_devices,
+        labels=labels,
+        telemetry_interval_s=telemetry_interval_s,
+    )
+    await fleet_.run(stop_event, out=out)

@@ -1,0 +1,58 @@
+"""The command line: help everywhere, clear errors for bad configs, exit codes a service manager can read."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.cli import main
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """main() configures the root logger for a process; give the test session its own back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["simulate", "--help"]])
+def test_help_is_available_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    assert "usage: edgefleet-agent" in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: edgefleet-agent" in capsys.readouterr().err
+
+
+def test_a_bad_config_is_reported_with_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('device_id = "d"\nfleet = "f"\nstate_dir = "s"\n[mqtt]\nport = "x"\n')
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: mqtt.port: expected an integer, got str 'x'" in err
+
+
+def test_simulate_checks_its_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--fleet", "f", "--state-root", "/tmp/x", "--devices", "0"])
+    assert info.value.code == 2
+    assert "expected a whole number >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_module_runs_as_a_program() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and out.stdout.startswith("edgefleet-agent ")

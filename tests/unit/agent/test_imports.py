@@ -1,0 +1,19 @@
+"""The agent must import on a device without the hub's heavy dependencies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+FORBIDDEN = ("torch", "fastapi", "sqlmodel", "sqlalchemy", "sklearn")
+
+
+def test_agent_modules_load_none_of_the_hub_dependencies() -> None:
+    code = (
+        "import json, sys\n"
+        "import edge_agent, edge_agent.agent, edge_agent.cli, edge_agent.sim, edge_agent.client\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {list(FORBIDDEN)!r})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -1,0 +1,50 @@
+"""Demo model shapes and construction (torch on the CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_tools.errors import ConfigError
+from model_tools.zoo import MODEL_KINDS, NUM_CLASSES, NUM_FEATURES, DigitsCNN, DigitsMLP, build_model
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_every_kind_maps_flat_input_to_logits(kind: str, batch: int) -> None:
+    model = build_model(kind, seed=0).eval()
+    with torch.no_grad():
+        out = model(torch.rand(batch, NUM_FEATURES))
+    assert out.shape == (batch, NUM_CLASSES)
+    assert out.dtype == torch.float32
+
+
+def test_kinds_build_their_classes_with_keyword_arguments() -> None:
+    mlp = build_model("mlp", hidden=(32,))
+    cnn = build_model("cnn", channels=8)
+    assert isinstance(mlp, DigitsMLP) and mlp.hidden == (32,)
+    assert isinstance(cnn, DigitsCNN) and cnn.channels == 8
+
+
+def test_seed_fixes_initial_weights_without_touching_global_rng() -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_model("cnn", seed=7)
+    b = build_model("cnn", seed=7)
+    c = build_model("cnn", seed=8)
+    assert torch.rand(1).item() == expected_next.item()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert not torch.equal(next(a.parameters()), next(c.parameters()))
+
+
+def test_unknown_kind_and_bad_arguments_are_refused() -> None:
+    with pytest.raises(ConfigError, match="one of mlp, cnn, got 'resnet'"):
+        build_model("resnet")
+    with pytest.raises(ConfigError, match="bad arguments for model kind 'mlp'"):
+        build_model("mlp", channels=3)
+    with pytest.raises(ConfigError, match="positive"):
+        DigitsMLP(hidden=(0,))
+    with pytest.raises(ConfigError, match="positive"):
+        DigitsCNN(channels=0)
