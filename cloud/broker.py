@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,13 @@ def probe_mqtt(host: str, port: int, *, timeout: float = 3.0) -> Protocol | None
             pass
     except OSError:
         return None
-    for version, proto in ((mqtt.MQTTv5, "5"), (mqtt.MQTTv311, "3.1.1")):
+    for version, proto in ((MQTTProtocolVersion.MQTTv5, "5"), (MQTTProtocolVersion.MQTTv311, "3.1.1")):
         if _connects(host, port, version, timeout):
             return proto  # type: ignore[return-value]
     return None
 
 
-def _connects(host: str, port: int, version: int, timeout: float) -> bool:
+def _connects(host: str, port: int, version: MQTTProtocolVersion, timeout: float) -> bool:
     done = threading.Event()
     result: dict[str, bool] = {"ok": False}
 

@@ -77,11 +77,10 @@ def hub(
     from cloud.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {
-        k: v for k, v in {"api_host": host, "api_port": port, "grpc_port": grpc_port}.items() if v is not None
-    }
+    overrides: dict[str, Any] = {"api_host": host, "api_port": port, "grpc_port": grpc_port}
     try:
-        settings = Settings(**overrides)
+        # Options given on the command line win over EDGEFLEET_* variables.
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
         raise _fail(f"invalid settings: {e}") from e
     Hub(settings).run_forever()
@@ -107,7 +106,8 @@ def models_push(
         _print_json(mv)
     else:
         console.print(
-            f"registered [bold]{mv['name']}:{mv['version']}[/] sha256={mv['sha256'][:16]}… {mv['length']} bytes"
+            f"registered [bold]{mv['name']}:{mv['version']}[/] "
+            f"sha256={mv['sha256'][:16]}… {mv['length']} bytes"
         )
 
 
@@ -242,7 +242,7 @@ def simulate(
         "--grpc-endpoint", grpc_endpoint, "--state-root", str(state_root),
         "--local-api-devices", str(local_api_devices), "--telemetry-interval", str(telemetry_interval),
     ]  # fmt: skip
-    os.execv(sys.executable, argv)
+    os.execv(sys.executable, argv)  # noqa: S606 - argv is built here, no shell
 
 
 @app.command()

@@ -91,7 +91,9 @@ class HubClient:
         return result
 
     def device_events(self, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        return list(self._request("GET", f"/api/v1/devices/{device_id}/events", params={"limit": limit})["data"])
+        return list(
+            self._request("GET", f"/api/v1/devices/{device_id}/events", params={"limit": limit})["data"]
+        )
 
     def device_telemetry(self, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
         return list(

@@ -186,7 +186,8 @@ def run_demo(
         client = stack.enter_context(HubClient(hub.api_url, hub.admin_token))
         mv = client.push_model(trained.onnx_path, name=trained.name, version=trained.version)
         out.print(
-            f"[bold]push[/]     {mv['name']}:{mv['version']} sha256 {mv['sha256'][:16]}… ({mv['length']} bytes)"
+            f"[bold]push[/]     {mv['name']}:{mv['version']} "
+            f"sha256 {mv['sha256'][:16]}… ({mv['length']} bytes)"
         )
 
         fleet_proc = start_fleet(
@@ -201,11 +202,11 @@ def run_demo(
         stack.callback(lambda: clear_fleet_retained(broker.host, broker.port, fleet, broker.protocol))
         stack.callback(fleet_proc.stop)
 
-        online = wait_for(
-            f"{devices} devices online",
-            lambda: (lambda ds: ds if len(ds) >= devices else None)(client.list_devices(state="online")),
-            timeout,
-        )
+        def all_online() -> list[dict[str, Any]] | None:
+            ds = client.list_devices(state="online")
+            return ds if len(ds) >= devices else None
+
+        online = wait_for(f"{devices} devices online", all_online, timeout)
         out.print(f"[bold]fleet[/]    {len(online)} simulated devices online")
 
         ids = sorted(d["id"] for d in online)

@@ -14,7 +14,10 @@ from edgefleet_proto.topics import Channel, FleetTopics
 def clear_fleet_retained(
     host: str, port: int, fleet: str, protocol: str = "5", *, timeout: float = 5.0
 ) -> int:
-    """Publish an empty retained payload on every retained topic of ``fleet``; returns how many were cleared."""
+    """Publish an empty retained payload on every retained topic of ``fleet``.
+
+    Returns how many topics were cleared (0 when the broker cannot be reached).
+    """
     topics = FleetTopics(fleet)
     filters = [topics.filter(Channel.STATUS), topics.filter(Channel.DESIRED)]
     version = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311

@@ -38,7 +38,9 @@ def test_demo_with_mosquitto(mqtt_broker: tuple[str, int], short_tmp: Path) -> N
 def test_demo_with_embedded_broker(short_tmp: Path) -> None:
     broker = start_embedded_broker()
     try:
-        summary = run_demo(devices=3, workdir=short_tmp, timeout=90, console=Console(quiet=True), broker=broker)
+        summary = run_demo(
+            devices=3, workdir=short_tmp, timeout=90, console=Console(quiet=True), broker=broker
+        )
     finally:
         broker.stop()
     assert summary["in_sync"] == 3

@@ -29,8 +29,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         if not committed.exists() or committed.read_bytes() != path.read_bytes():
             stale.append(str(rel))
     extra = {
-        str(p.relative_to(ROOT / "proto"))
-        for p in (ROOT / "proto" / "edgefleet_proto" / "v1").glob("*_pb2*")
+        str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto" / "edgefleet_proto" / "v1").glob("*_pb2*")
     } - {str(p.relative_to(tmp_path)) for p in generated}
     assert not stale, f"generated code is stale, run `python scripts/gen_proto.py`: {stale}"
     assert not extra, f"generated files without a .proto source: {sorted(extra)}"
