@@ -9,6 +9,7 @@ A file appears at the destination only once it has passed that check.
 from __future__ import annotations
 
 import contextlib
+import logging
 import copy
 import os
 import re
@@ -28,6 +29,10 @@ from torch import nn
 from model_tools.errors import ConfigError, ExportError, ParityError
 from model_tools.hashing import sha256_file
 from model_tools.onnx_info import TensorSpec, describe_onnx
+
+# The exporter warns once per torchvision operator when torchvision is absent; edgefleet's models use
+# none of them, so those lines are noise in every export.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 __all__ = ["DEFAULT_PARITY_BATCH_SIZES", "ExportResult", "export_onnx"]
 
