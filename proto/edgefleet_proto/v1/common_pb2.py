@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64gefleet_proto/v1/common.proto\x12\x0c\x65\x64gefleet.v1\"Y\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06length\x18\x05 \x01(\x04\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64gefleet_proto/v1/common.proto\x12\x0c\x65\x64gefleet.v1\"A\n\x0b\x41rtifactRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x12\n\nmedia_type\x18\x03 \x01(\t\"\xa9\x01\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06length\x18\x05 \x01(\x04\x12\x0f\n\x07variant\x18\x06 \x01(\t\x12\x11\n\tprecision\x18\x07 \x01(\t\x12*\n\x07profile\x18\x08 \x01(\x0b\x32\x19.edgefleet.v1.ArtifactRef\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet_proto.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELREF']._serialized_start=49
-  _globals['_MODELREF']._serialized_end=138
-  _globals['_TENSOR']._serialized_start=140
-  _globals['_TENSOR']._serialized_end=192
+  _globals['_ARTIFACTREF']._serialized_start=49
+  _globals['_ARTIFACTREF']._serialized_end=114
+  _globals['_MODELREF']._serialized_start=117
+  _globals['_MODELREF']._serialized_end=286
+  _globals['_TENSOR']._serialized_start=288
+  _globals['_TENSOR']._serialized_end=340
 # @@protoc_insertion_point(module_scope)

@@ -19,6 +19,34 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ArtifactRef(_message.Message):
+    """Any content-addressed artifact besides the model itself (a data profile, ...)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    length: _builtins.int
+    media_type: _builtins.str
+    """What the bytes are: "application/x-edgefleet-profile+protobuf", ..."""
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        length: _builtins.int = ...,
+        media_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "media_type", b"media_type", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactRef: _TypeAlias = ArtifactRef  # noqa: Y015
+
+@_typing.final
 class ModelRef(_message.Message):
     """A model artifact, pinned by content. `sha256` is the lowercase hex digest of
     the artifact file and doubles as its address in the hub's artifact store.
@@ -31,12 +59,23 @@ class ModelRef(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     format: _builtins.str
     """Artifact format: "onnx" (more formats arrive with the optimisation pipeline)."""
     sha256: _builtins.str
     length: _builtins.int
+    variant: _builtins.str
+    """Which variant of the version's bundle this is ("fp32", "int8-dynamic", "int8-qdq", "tflite-int8", ...)."""
+    precision: _builtins.str
+    """Numeric precision of the variant: "fp32", "int8"."""
+    @_builtins.property
+    def profile(self) -> Global___ArtifactRef:
+        """The bundle's baseline data profile (a DataProfile message), when the version has one."""
+
     def __init__(
         self,
         *,
@@ -45,10 +84,13 @@ class ModelRef(_message.Message):
         format: _builtins.str = ...,
         sha256: _builtins.str = ...,
         length: _builtins.int = ...,
+        variant: _builtins.str = ...,
+        precision: _builtins.str = ...,
+        profile: Global___ArtifactRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "length", b"length", "name", b"name", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "length", b"length", "name", b"name", "precision", b"precision", "profile", b"profile", "sha256", b"sha256", "variant", b"variant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
