@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgefleet-installed
-EXTRAS ?= hub,agent,dev
+EXTRAS ?= hub,agent,dev,tflite
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck proto venv clean check

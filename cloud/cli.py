@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cloud import cli_firmware, cli_keys, cli_rollbacks, cli_train
 from cloud.client import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 app = typer.Typer(help="edgefleet hub and fleet CLI.", no_args_is_help=True, add_completion=False)
@@ -21,6 +22,10 @@ models_app = typer.Typer(help="Register and list model versions.", no_args_is_he
 devices_app = typer.Typer(help="List and inspect devices.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(devices_app, name="devices")
+app.add_typer(cli_rollbacks.rollbacks_app, name="rollbacks")  # fleet rollbacks ls
+cli_train.register(app, models_app)  # fleet train, fleet models optimize|show, fleet experiments
+app.add_typer(cli_keys.keys_app, name="keys")  # fleet keys init|rotate|sign|status|root
+app.add_typer(cli_firmware.firmware_app, name="firmware")  # fleet firmware build|delta|push|ls|assign
 
 console = Console()
 err_console = Console(stderr=True)
@@ -232,8 +237,23 @@ def simulate(
     ),
     local_api_devices: Annotated[int, typer.Option(help="How many devices serve a local API socket.")] = 3,
     telemetry_interval: Annotated[float, typer.Option(help="Seconds between telemetry windows.")] = 10.0,
+    hub_url: HubUrl = DEFAULT_HUB_URL,
+    trust_root: Annotated[
+        Path | None, typer.Option(help="The fleet's root.json (default: the hub's, from --hub-url).")
+    ] = None,
 ) -> None:
     """Run N real agents in one process (each with its own state folder) until interrupted."""
+    # Every device is provisioned with the fleet's trusted root: it refuses what does not verify against it.
+    if trust_root is None:
+        from cloud.client_signing import SigningClient
+
+        state_root.mkdir(parents=True, exist_ok=True)
+        trust_root = state_root / "root.json"
+        try:
+            with SigningClient(hub_url) as signing:
+                trust_root.write_bytes(signing.root_metadata())
+        except HubError as e:
+            raise _fail(f"cannot fetch the fleet's root.json to provision the devices: {e}") from e
     # The agent is a separate program: the hub never imports it, it runs it.
     argv = [
         sys.executable, "-m", "edge_agent.cli", "simulate",
@@ -241,6 +261,7 @@ def simulate(
         "--mqtt-host", mqtt_host, "--mqtt-port", str(mqtt_port), "--mqtt-protocol", mqtt_protocol,
         "--grpc-endpoint", grpc_endpoint, "--state-root", str(state_root),
         "--local-api-devices", str(local_api_devices), "--telemetry-interval", str(telemetry_interval),
+        "--trust-root", str(trust_root), "--trust-http-url", f"{hub_url.rstrip('/')}/tuf",
     ]  # fmt: skip
     os.execv(sys.executable, argv)  # noqa: S606 - argv is built here, no shell
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,18 @@ class HubClient:
             self._request("GET", f"/api/v1/devices/{device_id}/events", params={"limit": limit})["data"]
         )
 
+    def list_rollbacks(
+        self,
+        *,
+        device: str | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"device": device, "model": model, "version": version}.items() if v}
+        result: dict[str, Any] = self._request("GET", "/api/v1/rollbacks", params={**params, "limit": limit})
+        return list(result["data"])
+
     def device_telemetry(self, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
         return list(
             self._request("GET", f"/api/v1/devices/{device_id}/telemetry", params={"limit": limit})["data"]
@@ -116,6 +130,46 @@ class HubClient:
         else:
             body["selector"] = selector
         result: dict[str, Any] = self._request("POST", "/api/v1/assignments", json=body)
+        return result
+
+    # --- experiments and bundles (the optimization pipeline) -------------------------------
+
+    def record_experiment(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Record a training run (idempotent for the same record)."""
+        result: dict[str, Any] = self._request("PUT", f"/api/v1/experiments/{record['run_id']}", json=record)
+        return result
+
+    def list_experiments(self, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit} | ({"name": name} if name else {})
+        return list(self._request("GET", "/api/v1/experiments", params=params)["data"])
+
+    def experiment(self, run_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/api/v1/experiments/{run_id}")
+        return result
+
+    def push_bundle(self, directory: Path) -> dict[str, Any]:
+        """Upload a bundle folder: its manifest.json and every file the manifest pins."""
+        manifest_path = directory / "manifest.json"
+        if not manifest_path.is_file():
+            raise HubError(f"not a bundle folder: {manifest_path} is missing")
+        try:
+            manifest = json.loads(manifest_path.read_text("utf-8"))
+            names = [v["file"] for v in manifest["variants"]] + [manifest["profile"]["file"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise HubError(f"{manifest_path} is not a bundle manifest: {e}") from e
+        with contextlib.ExitStack() as stack:
+            manifest_file = stack.enter_context(manifest_path.open("rb"))
+            parts: list[tuple[str, tuple[str, Any, str]]] = [
+                ("manifest", ("manifest.json", manifest_file, "application/json"))
+            ]
+            for name in names:
+                fh = stack.enter_context((directory / Path(name).name).open("rb"))
+                parts.append(("file", (Path(name).name, fh, "application/octet-stream")))
+            result: dict[str, Any] = self._request("POST", "/api/v1/bundles", files=parts)
+        return result
+
+    def bundle(self, name: str, version: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/api/v1/models/{name}/{version}/bundle")
         return result
 
 

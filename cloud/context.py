@@ -11,6 +11,7 @@ from cloud.artifacts import ArtifactStore
 from cloud.clock import Clock, utcnow
 from cloud.db import SessionFactory, session_factory
 from cloud.services.publisher import DesiredPublisher
+from cloud.services.signing import Signing
 from cloud.settings import Settings
 
 
@@ -26,6 +27,8 @@ class HubContext:
     artifact_endpoint: str
     mqtt_connected: Callable[[], bool] = lambda: False
     clock: Clock = utcnow
+    # The signed-update channel (TUF repository, director); None on a hub without one.
+    signing: Signing | None = None
     sessions: SessionFactory = field(init=False)
 
     def __post_init__(self) -> None:

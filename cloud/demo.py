@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,6 +80,7 @@ def start_fleet(
     local_api_devices: int,
     telemetry_interval: float,
     timeout: float = 60.0,
+    extra_args: Sequence[str] = (),
 ) -> FleetProcess:
     argv = [
         sys.executable, "-m", "edge_agent.cli", "simulate",
@@ -87,6 +88,7 @@ def start_fleet(
         "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--mqtt-protocol", broker.protocol,
         "--grpc-endpoint", grpc_endpoint, "--state-root", str(state_root),
         "--local-api-devices", str(local_api_devices), "--telemetry-interval", str(telemetry_interval),
+        *extra_args,
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1)
     lines: queue.Queue[str] = queue.Queue()
@@ -149,9 +151,9 @@ def run_demo(
     broker: BrokerHandle | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary it printed. Raises DemoError on any failed step."""
+    from cloud.demo_bundle import build_and_register, runtimes_mix_for, show_variants
     from cloud.hub import Hub
     from cloud.settings import Settings
-    from cloud.training import train_demo_model
 
     out = console or Console()
     t0 = time.monotonic()
@@ -176,19 +178,14 @@ def run_demo(
         stack.callback(hub.stop)
         out.print(f"[bold]hub[/]      API {hub.api_url}, artifacts gRPC {hub.grpc_endpoint}, fleet {fleet}")
 
-        out.print(f"[bold]train[/]    digits {model_kind} (PyTorch) ...")
-        trained = train_demo_model(model_kind, work / "models")
-        out.print(
-            f"           test accuracy {trained.metrics['test_accuracy']:.3f} on {trained.device}, "
-            f"{trained.duration_s:.1f} s; ONNX parity max |diff| {trained.max_abs_diff:.2e}"
-        )
-
         client = stack.enter_context(HubClient(hub.api_url, hub.admin_token))
-        mv = client.push_model(trained.onnx_path, name=trained.name, version=trained.version)
-        out.print(
-            f"[bold]push[/]     {mv['name']}:{mv['version']} "
-            f"sha256 {mv['sha256'][:16]}… ({mv['length']} bytes)"
-        )
+        # Devices are provisioned with the fleet's root: every update they take verifies against it.
+        from cloud.demo_signing import fleet_args, provision_root, run_signing_step
+
+        assert hub.context is not None and hub.context.signing is not None
+        root_file = provision_root(hub.context.signing.repo.root_bytes(), work)
+        # Train with lineage, optimize into a gated bundle of variants, register it (cloud.demo_bundle).
+        trained = build_and_register(client, model_kind, work, out)
 
         fleet_proc = start_fleet(
             devices=devices,
@@ -198,6 +195,7 @@ def run_demo(
             state_root=work / "fleet",
             local_api_devices=min(3, devices),
             telemetry_interval=1.0,
+            extra_args=["--runtimes-mix", runtimes_mix_for(trained), *fleet_args(root_file, hub.api_url)],
         )
         stack.callback(lambda: clear_fleet_retained(broker.host, broker.port, fleet, broker.protocol))
         stack.callback(fleet_proc.stop)
@@ -223,6 +221,7 @@ def run_demo(
         converged = wait_for("every device to serve the model", all_in_sync, timeout)
         rollout_s = time.monotonic() - t_assign
         out.print(f"[bold]rollout[/]  all {devices} devices serve {trained.version} after {rollout_s:.1f} s")
+        variant_of = show_variants(client, out)
 
         from model_tools.data import load_digits_splits
 
@@ -258,6 +257,32 @@ def run_demo(
         out.print(f"           true labels: {' '.join(map(str, labels.tolist()))}")
         for t in telemetry:
             out.print(f"[bold]telemetry[/] {t['device']} reported {t['requests']} request(s) to the hub")
+
+        # The signed channel: rotate the targets key mid-demo, refuse a forgery, ship firmware as a delta.
+        signed = run_signing_step(
+            client=client,
+            api_url=hub.api_url,
+            token=hub.admin_token,
+            broker=broker,
+            fleet=fleet,
+            device_ids=ids,
+            out=out,
+            timeout=timeout,
+        )
+
+        # A bad version: every device that tries it must roll it back on its own.
+        from cloud.demo_rollback import run_rollback_step
+
+        rollback = run_rollback_step(
+            client=client,
+            name=trained.name,
+            good_version=trained.version,
+            sockets=fleet_proc.sockets,
+            samples=splits.x_test,
+            workdir=work,
+            out=out,
+            timeout=timeout,
+        )
         summary = {
             "fleet": fleet,
             "broker": broker.description,
@@ -266,6 +291,9 @@ def run_demo(
             "in_sync": sum(1 for d in converged if d.get("in_sync")),
             "rollout_seconds": round(rollout_s, 2),
             "test_accuracy": trained.metrics["test_accuracy"],
+            "rollback": rollback,
+            "signing": signed,
+            "variants": variant_of,
             "total_seconds": round(time.monotonic() - t0, 1),
         }
         out.print(

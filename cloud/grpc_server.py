@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typing_extensions import override
 
 from cloud.artifacts import ArtifactNotFoundError, ArtifactStore, check_sha256
-from cloud.errors import HubError, InvalidInputError
+from cloud.errors import HubError, InvalidInputError, NotFoundError
 from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,16 @@ class GrpcServerError(HubError):
 class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
     """Stat and Fetch over an ArtifactStore; ``is_served(sha256)`` says whether it is registered."""
 
-    def __init__(self, store: ArtifactStore, is_served: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        is_served: Callable[[str], bool],
+        metadata: Callable[[str], bytes] | None = None,
+    ) -> None:
         self._store = store
         self._is_served = is_served
+        # TUF metadata by file name ("timestamp.json", "3.root.json"); None: no update repository.
+        self._metadata = metadata
 
     def _check(self, sha256: str, context: grpc.ServicerContext) -> int:
         """The artifact's length, or abort the call with the status that says why not."""
@@ -89,11 +96,33 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
                 offset,
             )
 
+    @override
+    def FetchMetadata(
+        self, request: artifact_pb2.MetadataRequest, context: grpc.ServicerContext
+    ) -> Iterator[artifact_pb2.ArtifactChunk]:
+        """A TUF metadata file, in chunks from ``offset`` (the files are small; one chunk is usual)."""
+        if self._metadata is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this hub has no update repository")
+        try:
+            data = self._metadata(request.name)
+        except NotFoundError as e:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        if request.offset > len(data):
+            context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"offset {request.offset} is past the end of {request.name}: expected at most {len(data)}",
+            )
+        for offset in range(request.offset, len(data), MAX_CHUNK):
+            yield artifact_pb2.ArtifactChunk(
+                offset=offset, data=data[offset : offset + MAX_CHUNK], total_length=len(data)
+            )
+
 
 def start_grpc_server(
     store: ArtifactStore,
     is_served: Callable[[str], bool],
     *,
+    metadata: Callable[[str], bytes] | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
     max_workers: int = 16,
@@ -104,7 +133,8 @@ def start_grpc_server(
         # A chunk is at most 1 MiB; requests are tiny.
         options=[("grpc.max_send_message_length", MAX_CHUNK + 64 * 1024)],
     )
-    artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactService(store, is_served), server)
+    artifacts = ArtifactService(store, is_served, metadata)
+    artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(artifacts, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

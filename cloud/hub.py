@@ -22,14 +22,19 @@ from cloud.api import create_app
 from cloud.artifacts import ArtifactStore
 from cloud.clock import Clock, utcnow
 from cloud.context import HubContext
-from cloud.db import create_all, create_db_engine, session_factory
+from cloud.db import SessionFactory, create_all, create_db_engine, session_factory
 from cloud.errors import HubError
 from cloud.grpc_server import start_grpc_server
 from cloud.mqtt import HubMqtt
 from cloud.services import assignments, registry
+from cloud.services.director import Director
 from cloud.services.ingest import Ingestor
+from cloud.services.signing import Signing
 from cloud.services.tokens import ensure_admin_token
 from cloud.settings import Settings
+from cloud.tuf import TufSettings, ensure_initialized, open_repository
+from cloud.tuf.scheduler import ResignScheduler
+from cloud.tuf.sync import sync_targets
 from edgefleet_proto.topics import FleetTopics
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,9 @@ class HubStartError(HubError):
 class Hub:
     """Everything the hub runs, composed in one process."""
 
-    def __init__(self, settings: Settings, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, settings: Settings, *, clock: Clock = utcnow, tuf_settings: TufSettings | None = None
+    ) -> None:
         self.settings = settings
         self._clock = clock
         self._lock = threading.Lock()
@@ -56,6 +63,9 @@ class Hub:
         self._api_thread: threading.Thread | None = None
         self._api_url: str | None = None
         self.context: HubContext | None = None
+        self._resigner: ResignScheduler | None = None
+        # EDGEFLEET_TUF_* settings; tests and the demo hand in their own.
+        self.tuf_settings = tuf_settings or TufSettings()
         self.ingestor: Ingestor | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -85,21 +95,29 @@ class Hub:
         with sessions() as session:
             ensure_admin_token(session, s.admin_token_path(), clock=self._clock)
         store = ArtifactStore(s.resolved_artifact_dir())
+        signing = self._open_signing(sessions)
 
         def is_served(sha256: str) -> bool:
             with sessions() as session:
-                return registry.is_registered_artifact(session, sha256)
+                if registry.is_registered_artifact(session, sha256):
+                    return True
+            return signing.repo.has_target_sha256(sha256)
 
-        self._grpc, self._grpc_port = start_grpc_server(store, is_served, host=s.grpc_host, port=s.grpc_port)
+        self._grpc, self._grpc_port = start_grpc_server(
+            store, is_served, host=s.grpc_host, port=s.grpc_port, metadata=signing.repo.metadata_file
+        )
         endpoint = s.public_grpc_endpoint(self._grpc_port)
 
         self.ingestor = Ingestor(sessions, _fleet_topics(s), clock=self._clock)
 
         def desired_source() -> Sequence[tuple[str, bytes]]:
             with sessions() as session:
-                return assignments.desired_payloads(session, fleet=s.fleet, artifact_endpoint=endpoint)
+                return assignments.desired_payloads(
+                    session, fleet=s.fleet, artifact_endpoint=endpoint, signing=signing
+                )
 
         mqtt = self._mqtt = HubMqtt(s, on_batch=self.ingestor.ingest, desired_source=desired_source)
+        signing.publisher = mqtt
         self.context = HubContext(
             settings=s,
             engine=engine,
@@ -108,9 +126,25 @@ class Hub:
             artifact_endpoint=endpoint,
             mqtt_connected=lambda: mqtt.connected,
             clock=self._clock,
+            signing=signing,
         )
         mqtt.start()
+        self._resigner = ResignScheduler(signing.repo, signing.director, sessions, signing.publish_all)
+        self._resigner.start()
         self._start_api(self.context)
+
+    def _open_signing(self, sessions: SessionFactory) -> Signing:
+        """The update repository (created with a development root key on a first start, when allowed)."""
+        repo = open_repository(self.settings, sessions, tuf=self.tuf_settings, clock=self._clock)
+        if repo.settings.auto_init:
+            ensure_initialized(repo)
+        if repo.initialized():
+            sync_targets(repo)
+        else:
+            log.warning(
+                "the update repository has no root yet: run `fleet keys init`; devices refuse updates"
+            )
+        return Signing(repo, Director(repo, clock=self._clock), sessions)
 
     def _start_api(self, ctx: HubContext) -> None:
         config = uvicorn.Config(
@@ -171,6 +205,8 @@ class Hub:
             self._uvicorn.should_exit = True
         if self._api_thread is not None:
             self._api_thread.join(timeout)
+        if self._resigner is not None:
+            self._resigner.stop()
         if self._mqtt is not None:
             self._mqtt.stop(timeout)
         if self._grpc is not None:

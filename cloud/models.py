@@ -11,7 +11,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, LargeBinary, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -116,6 +116,8 @@ class DesiredState(SQLModel, table=True):
 
     device_id: str = Field(primary_key=True, foreign_key="device.id", max_length=128)
     model_version_id: int = Field(foreign_key="model_version.id", index=True)
+    # The variant of the version chosen for this device's capabilities (None: before variants existed).
+    variant_id: int | None = Field(default=None, foreign_key="model_variant.id")
     generation: int = Field(sa_type=BigInteger)
     issued_at: datetime = Field(sa_type=UTCDateTime)
 
@@ -160,6 +162,34 @@ class DeviceEvent(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class DeviceRollback(SQLModel, table=True):
+    """A version a device rolled back on its own, from its ROLLED_BACK event.
+
+    ``refused``: the device judged the version bad (a failed trial gate, a crash loop) and will not
+    install it again, so the hub does not offer it to that device again either. A fallback at start
+    (a damaged artifact) is recorded but refuses nothing.
+    """
+
+    __tablename__ = "device_rollback"
+    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_device_rollback_device_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(index=True, max_length=128)
+    # The ROLLED_BACK event's number: a QoS 1 redelivery is stored once.
+    seq: int = Field(sa_type=BigInteger)
+    ts: datetime = Field(sa_type=UTCDateTime)
+    model_name: str = Field(index=True, max_length=64)
+    model_version: str = Field(max_length=64)
+    model_sha256: str = Field(max_length=64)
+    variant: str = Field(default="", max_length=32)
+    generation: int = Field(default=0, sa_type=BigInteger)
+    gate: str = Field(default="", max_length=32)
+    reason: str = ""
+    details: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    refused: bool = True
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 class ApiToken(SQLModel, table=True):
     """An API token; only its sha256 is stored, so a leaked database leaks no token."""
 
@@ -169,4 +199,162 @@ class ApiToken(SQLModel, table=True):
     name: str = Field(unique=True, max_length=64)
     role: Role = Field(sa_type=_enum_column(Role))
     token_sha256: str = Field(unique=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- Signed update channel: TUF repository, director, firmware ----------------------------------
+
+
+class TufMetadata(SQLModel, table=True):
+    """Every signed version of every TUF role, as served (consistent snapshots need old ones too)."""
+
+    __tablename__ = "tuf_metadata"
+    __table_args__ = (UniqueConstraint("role", "version", name="uq_tuf_metadata_role_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    role: str = Field(index=True, max_length=32)
+    version: int = Field(sa_type=BigInteger)
+    data: bytes = Field(sa_type=LargeBinary)
+    expires: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class TufTarget(SQLModel, table=True):
+    """A target in the repository's targets metadata: every artifact a device may install."""
+
+    __tablename__ = "tuf_target"
+
+    path: str = Field(primary_key=True, max_length=255)
+    sha256: str = Field(index=True, max_length=64)
+    length: int = Field(sa_type=BigInteger)
+    # kind ("model", "profile", "firmware", "firmware-delta"), name, version, hardware, ...
+    custom: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class TufRotation(SQLModel, table=True):
+    """A new root version waiting for the offline root keys' signatures."""
+
+    __tablename__ = "tuf_rotation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    role: str = Field(max_length=32)
+    root_version: int = Field(sa_type=BigInteger)
+    # The unsigned root metadata (JSON); signatures collect in `signatures` (keyid -> hex).
+    root_json: bytes = Field(sa_type=LargeBinary)
+    signatures: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    new_keyids: list[str] = Field(default_factory=list, sa_type=JSON)
+    state: str = Field(default="pending", max_length=16)  # pending, published, superseded
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class SignedDesired(SQLModel, table=True):
+    """The last desired state the director signed for a device, and its counter (which only grows)."""
+
+    __tablename__ = "signed_desired"
+
+    device_id: str = Field(primary_key=True, max_length=128)
+    counter: int = Field(default=0, sa_type=BigInteger)
+    envelope: bytes = Field(default=b"", sa_type=LargeBinary)
+    # sha256 of the signed content without counter and expiry: tells a re-sign from a change.
+    content_sha256: str = Field(default="", max_length=64)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    signed_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class FirmwareImage(SQLModel, table=True):
+    """A firmware bundle (full image or delta) registered as a TUF target."""
+
+    __tablename__ = "firmware_image"
+    __table_args__ = (
+        UniqueConstraint("name", "hardware_id", "version", "kind", "base_version", name="uq_firmware_image"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, max_length=64)
+    hardware_id: str = Field(max_length=64)
+    version: str = Field(max_length=64)
+    kind: str = Field(max_length=16)  # "full" or "delta"
+    base_version: str = Field(default="", max_length=64)
+    min_agent_version: str = Field(max_length=64)
+    algorithm: str = Field(default="", max_length=16)
+    target_path: str = Field(max_length=255)
+    sha256: str = Field(index=True, max_length=64)
+    length: int = Field(sa_type=BigInteger)
+    payload_sha256: str = Field(max_length=64)
+    payload_length: int = Field(sa_type=BigInteger)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DesiredFirmware(SQLModel, table=True):
+    """The firmware image the hub wants a device to run."""
+
+    __tablename__ = "desired_firmware"
+
+    device_id: str = Field(primary_key=True, foreign_key="device.id", max_length=128)
+    firmware_image_id: int = Field(foreign_key="firmware_image.id", index=True)
+    issued_at: datetime = Field(sa_type=UTCDateTime)
+
+
+# --- Model optimization pipeline: experiments, bundles, variants ---------------------------------
+
+
+class Experiment(SQLModel, table=True):
+    """A training run: what went in (params, seed, data set hash, code) and what came out (metrics)."""
+
+    __tablename__ = "experiment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(unique=True, max_length=64)
+    name: str = Field(index=True, max_length=64)
+    kind: str = Field(max_length=32)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    seed: int = Field(default=0, sa_type=BigInteger)
+    metrics: dict[str, float] = Field(default_factory=dict, sa_type=JSON)
+    dataset_name: str = Field(max_length=128)
+    dataset_hash: str = Field(index=True, max_length=64)
+    dataset_sizes: dict[str, int] = Field(default_factory=dict, sa_type=JSON)
+    code_revision: str = Field(max_length=128)
+    duration_s: float = 0.0
+    device: str = Field(max_length=64)
+    world_size: int = 1
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    finished_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Bundle(SQLModel, table=True):
+    """The manifest and data profile of a model version registered as a bundle."""
+
+    __tablename__ = "model_bundle"
+
+    model_version_id: int = Field(primary_key=True, foreign_key="model_version.id")
+    experiment_id: int | None = Field(default=None, foreign_key="experiment.id", index=True)
+    manifest: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    profile_sha256: str = Field(index=True, max_length=64)
+    profile_length: int = Field(sa_type=BigInteger)
+    profile_media_type: str = Field(max_length=128)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ModelVariant(SQLModel, table=True):
+    """One published artifact of a version (fp32, int8, TFLite, ...); devices get the one that fits."""
+
+    __tablename__ = "model_variant"
+    __table_args__ = (
+        UniqueConstraint("model_version_id", "variant", name="uq_model_variant_version_variant"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_version_id: int = Field(foreign_key="model_version.id", index=True)
+    variant: str = Field(max_length=32)
+    format: str = Field(max_length=16)
+    precision: str = Field(max_length=8)
+    sha256: str = Field(index=True, max_length=64)
+    length: int = Field(sa_type=BigInteger)
+    # [{"name": "onnxruntime", "min_version": "1.17"}]: any one of them runs the variant.
+    runtimes: list[dict[str, str]] = Field(default_factory=list, sa_type=JSON)
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    derived_from: str | None = Field(default=None, max_length=32)
+    is_baseline: bool = False
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -47,6 +47,114 @@ class ModelVersionsPublic(BaseModel):
     count: int
 
 
+# --- experiments, bundles and variants -----------------------------------------------------
+
+RunId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,64}$")]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ExperimentCreate(BaseModel):
+    """A training run as ``fleet train`` records it (its run.json without the validation report)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: RunId
+    name: ModelName
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    params: dict[str, Any]
+    seed: int
+    metrics: dict[str, float]
+    dataset_name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    dataset_hash: Sha256Hex
+    dataset_sizes: dict[str, int] = Field(default_factory=dict)
+    code_revision: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    duration_s: float = Field(ge=0)
+    device: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    world_size: int = Field(default=1, ge=1)
+    started_at: datetime
+    finished_at: datetime
+
+    @model_validator(mode="after")
+    def _aware_times(self) -> Self:
+        if self.started_at.tzinfo is None or self.finished_at.tzinfo is None:
+            raise ValueError("started_at and finished_at must carry a time zone (ISO 8601 with an offset)")
+        return self
+
+
+class ModelVersionRef(BaseModel):
+    name: str
+    version: str
+    variants: list[str]
+    created_at: datetime
+
+
+class ExperimentPublic(_Public):
+    run_id: str
+    name: str
+    kind: str
+    params: dict[str, Any]
+    seed: int
+    metrics: dict[str, float]
+    dataset_name: str
+    dataset_hash: str
+    dataset_sizes: dict[str, int]
+    code_revision: str
+    duration_s: float
+    device: str
+    world_size: int
+    started_at: datetime
+    finished_at: datetime
+    created_at: datetime
+
+
+class ExperimentDetailPublic(ExperimentPublic):
+    versions: list[ModelVersionRef] = Field(description="model versions this run produced")
+
+
+class ExperimentsPublic(BaseModel):
+    data: list[ExperimentPublic]
+    count: int
+
+
+class VariantPublic(_Public):
+    variant: str
+    format: str
+    precision: str
+    sha256: str
+    length: int
+    runtimes: list[dict[str, str]] = Field(description="any one of these runs it: name and min_version")
+    metrics: dict[str, Any]
+    derived_from: str | None
+    is_baseline: bool
+
+
+class RejectedVariantPublic(BaseModel):
+    name: str
+    format: str
+    precision: str
+    reasons: list[str]
+
+
+class ArtifactRefPublic(BaseModel):
+    sha256: str
+    length: int
+    media_type: str
+
+
+class BundlePublic(BaseModel):
+    """A version's variants, the ones the gates kept out, its profile and lineage."""
+
+    name: str
+    version: str
+    experiment_run_id: str | None
+    variants: list[VariantPublic]
+    rejected: list[RejectedVariantPublic]
+    profile: ArtifactRefPublic | None
+    lineage: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
 # --- devices ------------------------------------------------------------------------------
 
 
@@ -54,6 +162,8 @@ class ModelRefPublic(BaseModel):
     name: str
     version: str
     sha256: str
+    variant: str = Field(default="", description="the bundle variant (desired model only), e.g. int8-qdq")
+    precision: str = Field(default="", description="fp32 or int8 (desired model only)")
 
 
 class DevicePublic(BaseModel):
@@ -120,9 +230,33 @@ class TelemetryWindowsPublic(BaseModel):
     count: int
 
 
+class RollbackPublic(_Public):
+    device_id: str
+    seq: int
+    ts: datetime
+    model_name: str
+    model_version: str
+    model_sha256: str
+    variant: str
+    generation: int
+    gate: str = Field(description="the failed gate: nonfinite, errors, latency_ratio, divergence, ...")
+    reason: str
+    details: dict[str, str] = Field(description="the figures the device measured")
+    refused: bool = Field(description="the device refuses this version; the hub does not offer it again")
+    received_at: datetime
+
+
+class RollbacksPublic(BaseModel):
+    data: list[RollbackPublic]
+    count: int
+
+
 class DeviceDetailPublic(DevicePublic):
     recent_events: list[DeviceEventPublic] = Field(description="the latest events, newest first")
     last_telemetry: TelemetryWindowPublic | None
+    rollbacks: list[RollbackPublic] = Field(
+        default_factory=list, description="versions this device rolled back on its own, newest first"
+    )
 
 
 # --- assignments --------------------------------------------------------------------------
@@ -150,9 +284,17 @@ class AssignedDevice(BaseModel):
     generation: int
 
 
+class SkippedDevice(BaseModel):
+    device_id: str
+    reason: str
+
+
 class AssignmentsPublic(BaseModel):
     assigned: list[AssignedDevice]
     count: int
+    skipped: list[SkippedDevice] = Field(
+        default_factory=list, description="devices left out because they rolled this version back"
+    )
 
 
 # --- tokens and health --------------------------------------------------------------------

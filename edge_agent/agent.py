@@ -4,7 +4,8 @@ One :class:`Agent` is one device. Everything runs as tasks on the caller's
 event loop (no thread per agent), so a simulator runs a thousand in one
 process. Blocking work that can take long (hashing, loading a model) goes to
 worker threads; predictions run inline, which suits the small models edge
-devices serve.
+devices serve. While a new version is on trial, predictions go through its
+:class:`~edge_agent.trial.TrialSession`; otherwise straight to the serving model.
 """
 
 from __future__ import annotations
@@ -33,18 +34,24 @@ from edge_agent.errors import (
     StoreError,
 )
 from edge_agent.fetcher import ChannelPool, Fetcher, GrpcFetcher
-from edge_agent.link import MqttLink, Outbox, OutMessage
+from edge_agent.link import MqttLink
 from edge_agent.logs import device_logger
-from edge_agent.runtime import RuntimeOptions, RuntimeRegistry, available_runtimes
+from edge_agent.memory import release_free_memory
+from edge_agent.metrics import MetricsServer
+from edge_agent.outbox import DiskOutbox, MemoryOutbox, Outbox, OutMessage
+from edge_agent.resources import Resources
+from edge_agent.runtime import RuntimeOptions, RuntimeRegistry
 from edge_agent.server import LocalApiServer
-from edge_agent.serving import LoadedModel, Prediction, ServingSlot
+from edge_agent.serving import LoadedModel, Prediction, ServingSlot, TrialRoute
 from edge_agent.state import PersistentState, StateFile
 from edge_agent.store import ArtifactStore
 from edge_agent.sysinfo import capabilities
 from edge_agent.tasks import cancel_and_wait
 from edge_agent.telemetry import TelemetryRecorder
-from edge_agent.tensors import check_inputs
+from edge_agent.trust.attach import Trust, attach_trust
+from edge_agent.trust.transport import SyncChannels
 from edge_agent.updater import Updater
+from edge_agent.verify import ArtifactVerifier, DesiredDecoder
 from edgefleet_proto.topics import DeviceTopics
 from edgefleet_proto.v1 import command_pb2, common_pb2, device_pb2, event_pb2, telemetry_pb2
 
@@ -69,7 +76,11 @@ class Agent:
         channels: ChannelPool | None = None,
         runtimes: RuntimeRegistry | None = None,
         rng: random.Random | None = None,
-        outbox_size: int = 1000,
+        outbox: Outbox | None = None,
+        verifier: ArtifactVerifier | None = None,
+        decoder: DesiredDecoder | None = None,
+        resources: Resources | None = None,
+        sync_channels: SyncChannels | None = None,
     ) -> None:
         self.config = config
         self._log = device_logger(__name__, config.device_id)
@@ -82,7 +93,7 @@ class Agent:
         self.topics = DeviceTopics(config.fleet, config.device_id, config.mqtt.topic_prefix)
         self.store = ArtifactStore(config.state_dir / "artifacts")
         self.state = PersistentState(StateFile(config.state_dir / "state.json"), self._clock)
-        self.outbox = Outbox(outbox_size)
+        self.outbox: Outbox = outbox or _open_outbox(config)
         self.serving = ServingSlot()
         self.serving.add_listener(self._before_swap)
         self.telemetry = TelemetryRecorder(
@@ -93,7 +104,8 @@ class Agent:
         )
         self._runtimes = runtimes or RuntimeRegistry()
         self._runtime_options = RuntimeOptions(intra_op_threads=config.runtime.intra_op_threads)
-        self._runtime_names = available_runtimes()
+        # What the status reports is what this registry loads (a simulated device may run fewer).
+        self._runtime_names = self._runtimes.runtime_names()
         # A pool made here is closed here; one handed in belongs to the caller (the simulator).
         self._own_channels = channels is None and fetcher is None
         self._channels = channels or ChannelPool()
@@ -106,6 +118,26 @@ class Agent:
             tls=config.hub.grpc_tls,
             ca_file=config.hub.ca_file,
         )
+        # The signed-update channel (edge_agent.trust): a desired state counts only when the director
+        # signed it, an artifact only when the TUF repository lists it. A caller that hands in its own
+        # decoder or verifier (a test) takes that on itself.
+        self.trust: Trust | None = None
+        # Set to restart the agent (a firmware slot switch): run() returns, the caller starts it again.
+        self.restart_requested = asyncio.Event()
+        self._own_sync_channels = sync_channels is None
+        self._sync_channels = sync_channels or SyncChannels()
+        if config.trust.require_signed and decoder is None and verifier is None:
+            self.trust = attach_trust(
+                config,
+                clock=self._clock,
+                fetcher=self._fetcher,
+                report=self._report,
+                request_restart=self.restart_requested.set,
+                sync_channels=self._sync_channels,
+                agent_version=AGENT_VERSION,
+                logger=device_logger("edge_agent.trust", config.device_id),
+            )
+            decoder, verifier = self.trust.channel, self.trust.verifier
         b = config.backoff
         self.updater = Updater(
             device_id=config.device_id,
@@ -118,10 +150,18 @@ class Agent:
             serving=self.serving,
             report=self._report,
             backoff=Backoff(initial_s=b.initial_s, max_s=b.max_s, multiplier=b.multiplier, rng=rng),
-            max_artifact_bytes=config.limits.max_artifact_bytes,
+            limits=config.limits,
+            trial=config.trial,
+            update=config.update,
+            verifier=verifier,
+            decoder=decoder,
+            resources=resources,
+            clock=self._clock,
             on_change=self._on_change,
             logger=device_logger("edge_agent.updater", config.device_id),
         )
+        if self.trust is not None:
+            self.trust.wire(self.updater.submit, self._report, self._log)
         self.link = MqttLink(
             config=config.mqtt,
             client_id=config.mqtt_client_id,
@@ -132,12 +172,16 @@ class Agent:
             logger=device_logger("edge_agent.link", config.device_id),
         )
         # The local prediction API (None when the config disables it); run() starts and stops it.
-        # The local prediction API (None when the config disables it); run() starts and stops it.
         self.local_api: LocalApiServer | None = None
         if config.local_api.socket is not None or config.local_api.tcp_port:
             self.local_api = LocalApiServer(
                 self, socket_path=config.local_api.socket, tcp_port=config.local_api.tcp_port
             )
+        self.metrics: MetricsServer | None = (
+            MetricsServer(self, port=config.metrics.port) if config.metrics.port else None
+        )
+        # Counts of what the updater reported, for the metrics endpoint.
+        self.event_counts: dict[str, int] = {}
         # Set once the local API listens and the first broker connection is up.
         self.ready = asyncio.Event()
 
@@ -151,7 +195,17 @@ class Agent:
     def active_model(self) -> LoadedModel | None:
         return self.serving.current
 
+    @property
+    def agent_version(self) -> str:
+        return AGENT_VERSION
+
     def health(self) -> str:
+        trial = self.updater.trial
+        if trial is not None:
+            ref, judge = trial.candidate.ref, trial.judge
+            window = self.config.trial.window_requests
+            seen = f"{judge.requests}/{window}" if window else str(judge.requests)
+            return f"trial: {ref.name}:{ref.version} ({trial.mode.value}, {seen} requests)"[:_MAX_HEALTH]
         if self.updater.last_failure:
             return f"degraded: {self.updater.last_failure}"[:_MAX_HEALTH]
         return "serving" if self.serving.current is not None else "idle"
@@ -164,20 +218,32 @@ class Agent:
 
     def predict(self, inputs: Mapping[str, npt.ArrayLike]) -> Prediction:
         """Run the serving model (recorded in telemetry); a single input may use the name ""."""
+        trial = self.serving.trial
+        if trial is not None:
+            return self._predict_trial(trial, inputs)
         loaded = self.serving.current  # read once: a swap mid-request must not mix two models
         start = self._clock.monotonic()
         if loaded is None:
             self.telemetry.record(0.0, error=True)
             raise NoModelError("no model is serving yet: the device waits for its desired state")
         try:
-            arrays = {name: np.asarray(value) for name, value in inputs.items()}
-            outputs = loaded.runtime.predict(check_inputs(loaded.runtime.inputs, arrays))
+            outputs = loaded.runtime.predict(loaded.check(inputs))
         except (InputError, InferenceError):
             self.telemetry.record((self._clock.monotonic() - start) * 1000, error=True)
             raise
         latency_ms = (self._clock.monotonic() - start) * 1000
         self.telemetry.record(latency_ms)
         return Prediction(outputs=outputs, model=loaded.ref, latency_ms=latency_ms)
+
+    def _predict_trial(self, trial: TrialRoute, inputs: Mapping[str, npt.ArrayLike]) -> Prediction:
+        start = self._clock.monotonic()
+        try:
+            result = trial.predict({name: np.asarray(value) for name, value in inputs.items()})
+        except (InputError, InferenceError):
+            self.telemetry.record((self._clock.monotonic() - start) * 1000, error=True)
+            raise
+        self.telemetry.record(result.latency_ms)
+        return result
 
     # -- link handler ----------------------------------------------------------------------------
 
@@ -194,12 +260,37 @@ class Agent:
             applied_generation=saved.applied_generation,
             health=self.health() if state == device_pb2.DEVICE_STATE_ONLINE else "offline",
         )
+        msg.slots.extend(self.status_slots())
+        trial = self.updater.trial
+        if trial is not None:
+            msg.trial.CopyFrom(trial.status())
+        msg.dropped_messages = self.outbox.dropped
+        msg.queued_messages = len(self.outbox)
+        if self.trust is not None:
+            msg.trusted_root_version = self.trust.root_version()
+            firmware = self.trust.firmware
+            if firmware is not None and firmware.manager.running is not None:
+                msg.firmware_version = firmware.manager.running.version
+                msg.firmware_slot = firmware.manager.active_slot
+        return msg
+
+    def status_slots(self) -> list[device_pb2.Slot]:
+        """``active`` (what answers now), ``previous`` (the rollback target), ``trial`` (being judged)."""
+        slots: list[device_pb2.Slot] = []
         current = self.serving.current
         if current is not None:
-            msg.slots.add(name="active", model=current.ref)
-        if saved.previous is not None:
-            msg.slots.add(name="previous", model=saved.previous)
-        return msg
+            slots.append(device_pb2.Slot(name="active", model=current.ref))
+        trial = self.updater.trial
+        # During a trial the rollback target is the committed model; otherwise the one before it.
+        if trial is not None:
+            previous = trial.previous.ref if trial.previous is not None else None
+        else:
+            previous = self.state.state.previous
+        if previous is not None:
+            slots.append(device_pb2.Slot(name="previous", model=previous))
+        if trial is not None:
+            slots.append(device_pb2.Slot(name="trial", model=trial.candidate.ref))
+        return slots
 
     def on_desired(self, payload: bytes) -> None:
         self.updater.submit(payload)
@@ -233,12 +324,25 @@ class Agent:
             await self.restore()
             if self.local_api is not None:
                 await self.local_api.start()
+            if self.metrics is not None:
+                try:
+                    await self.metrics.start()
+                except AgentError as e:
+                    # Metrics are for the operator; the device keeps serving without them.
+                    self._log.error("%s", e)
+                    self.metrics = None
             await self._serve(stop)
+            self.updater.mark_clean_stop()
         finally:
+            if self.metrics is not None:
+                await self.metrics.stop()
             if self.local_api is not None:
                 await self.local_api.stop()
             if self._own_channels:
                 await self._channels.close()
+            if self._own_sync_channels:
+                self._sync_channels.close()
+            self.outbox.close()
 
     async def _serve(self, stop: asyncio.Event) -> None:
         link_stop = asyncio.Event()
@@ -248,8 +352,16 @@ class Agent:
             asyncio.create_task(self.updater.run(), name=f"updater-{self.device_id}"),
             asyncio.create_task(self._telemetry_loop(), name=f"telemetry-{self.device_id}"),
         ]
+        firmware = self.trust.firmware if self.trust is not None else None
+        if firmware is not None:
+            workers.append(asyncio.create_task(firmware.run(), name=f"firmware-{self.device_id}"))
+        interval = self.config.trust.refresh_interval_s
+        if self.trust is not None and interval > 0:
+            watch = self.trust.watch(self._report, interval, self._log)
+            workers.append(asyncio.create_task(watch, name=f"trust-{self.device_id}"))
         ready = asyncio.create_task(self._mark_ready(), name=f"ready-{self.device_id}")
-        stopper = asyncio.create_task(stop.wait(), name=f"stop-{self.device_id}")
+        # A restart request (firmware slot switch) ends serving like a stop does.
+        stopper = asyncio.create_task(_first(stop, self.restart_requested), name=f"stop-{self.device_id}")
         try:
             done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -267,15 +379,29 @@ class Agent:
     async def _mark_ready(self) -> None:
         await self.link.connected.wait()
         self.ready.set()
+        firmware = self.trust.firmware if self.trust is not None else None
+        if firmware is not None:
+            # A new firmware slot commits once the agent is up and talking to the broker again.
+            await firmware.confirm_boot(self.link.connected, timeout_s=60.0)
 
     async def restore(self) -> None:
         """Serve what the state file names, verified again; fall back to the previous model.
 
+        Then hand an unfinished update to the updater, which resumes it or rolls it back.
         :meth:`run` calls it first; a damaged state file or artifact is reported, never fatal.
         """
         if self.state.load_problem is not None:
             self._log.error("%s", self.state.load_problem)
             self._report(K.EVENT_KIND_ERROR, self.state.load_problem)
+        firmware = self.trust.firmware if self.trust is not None else None
+        if firmware is not None:
+            firmware.manager.boot()  # the boot loader's part: count a trial boot, or fall back
+        await self._restore_committed()
+        release_free_memory()  # the load's transient peak need not stay resident
+        self.updater.resume()
+
+    async def _restore_committed(self) -> None:
+        # The committed model, never a trial: a version on trial is not trusted to start with.
         saved = self.state.state
         for slot, ref in (("active", saved.active), ("previous", saved.previous)):
             if ref is None:
@@ -326,7 +452,7 @@ class Agent:
         batch = telemetry_pb2.TelemetryBatch(device_id=self.device_id, windows=[window])
         self.outbox.put(OutMessage(self.topics.telemetry, batch.SerializeToString()))
 
-    def _before_swap(self, old: LoadedModel | None, new: LoadedModel) -> None:
+    def _before_swap(self, old: LoadedModel | None, new: LoadedModel | None) -> None:
         # Close the window on the old model so that no window mixes two versions.
         if old is not None and self.telemetry.requests:
             self._queue_window(model=old.ref)
@@ -356,5 +482,27 @@ class Agent:
         )
         if model is not None:
             event.model.CopyFrom(model)
+        name = K.Name(kind).removeprefix("EVENT_KIND_").lower()
+        self.event_counts[name] = self.event_counts.get(name, 0) + 1
         self._log.debug("event %s seq=%d %s", K.Name(kind), event.seq, reason)
         self.outbox.put(OutMessage(self.topics.events, event.SerializeToString()))
+        what = f"{model.name}:{model.version}" if model is not None and model.name else ""
+        line = reason if reason.startswith(what) else f"{what} {reason}"
+        self.outbox.note(event.ts_ms, name, line.strip())
+
+
+def _open_outbox(config: AgentConfig) -> Outbox:
+    q = config.queue
+    if q.path is None:
+        return MemoryOutbox(q.max_messages)
+    return DiskOutbox(q.path, q.max_messages, sync=q.sync)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

@@ -3,6 +3,7 @@
     edgefleet-agent --config /etc/edgefleet/agent.toml        (same as `run`)
     edgefleet-agent run --config /etc/edgefleet/agent.toml
     edgefleet-agent simulate --devices 100 --fleet demo --state-root /tmp/fleet
+    edgefleet-agent status --config /etc/edgefleet/agent.toml [--json]
 
 SIGTERM and SIGINT stop cleanly: the agent flushes telemetry and publishes
 OFFLINE before it exits. argparse keeps the agent light (no CLI framework).
@@ -17,14 +18,26 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent import __version__
 from edge_agent.errors import AgentError, ConfigError
 from edge_agent.logs import configure_logging
 
+if TYPE_CHECKING:
+    from edge_agent.sim_mix import DeviceKind
+
 __all__ = ["main"]
 
 log = logging.getLogger(__name__)
+
+
+# sysexits' EX_TEMPFAIL: the service manager restarts the agent, which then boots the new firmware slot.
+EXIT_RESTART = 75
+
+
+class RestartRequestedError(Exception):
+    """The agent asked to be started again (it switched firmware slots)."""
 
 
 def _install_stop_signals(stop: asyncio.Event) -> None:
@@ -43,10 +56,24 @@ async def _run_agent(config_path: Path) -> None:
     agent = Agent(config)
     log.info("agent %s starting device=%s fleet=%s", __version__, config.device_id, config.fleet)
     await agent.run(stop)
+    if agent.restart_requested.is_set() and not stop.is_set():
+        # A firmware slot switch: the service manager starts the agent again (Restart=always).
+        raise RestartRequestedError
+
+
+def _status(config_path: Path, as_json: bool) -> None:
+    import json
+
+    from edge_agent.config import load_config
+    from edge_agent.report import collect, render
+
+    report = collect(load_config(config_path))
+    print(json.dumps(report.as_dict(), indent=2) if as_json else render(report))
 
 
 async def _simulate(args: argparse.Namespace) -> None:
     from edge_agent.sim import run_fleet
+    from edge_agent.trust.config import FirmwareConfig, TrustConfig
 
     stop = asyncio.Event()
     _install_stop_signals(stop)
@@ -63,6 +90,13 @@ async def _simulate(args: argparse.Namespace) -> None:
         labels=labels,
         telemetry_interval_s=args.telemetry_interval,
         stop_event=stop,
+        runtimes_mix=args.runtimes_mix,
+        trust=TrustConfig(
+            require_signed=not args.unsigned, root_file=args.trust_root, http_url=args.trust_http_url or ""
+        ),
+        firmware=FirmwareConfig(
+            hardware_id=args.firmware_hardware or "", factory_bundle=args.firmware_factory
+        ),
     )
 
 
@@ -71,6 +105,15 @@ def _parse_label(item: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--label expects key=value, got {item!r}")
     return key, value
+
+
+def _parse_runtimes_mix(text: str) -> list[DeviceKind]:
+    from edge_agent.sim_mix import parse_runtimes_mix
+
+    try:
+        return parse_runtimes_mix(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _positive_int(text: str) -> int:
@@ -95,6 +138,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, required=True, dest="run_config", metavar="PATH", help="agent config (TOML)"
     )
     run.add_argument("--log-level", dest="run_log_level", metavar="LEVEL", help="log level (default INFO)")
+
+    status = sub.add_parser(
+        "status",
+        help="print slots, versions, trial and update state, queue depth and recent events",
+        description="Read the state folder (and the running agent's local API, if up) and print what the "
+        "device runs and does. Safe while the agent runs.",
+    )
+    status.add_argument(
+        "--config", type=Path, required=True, dest="status_config", metavar="PATH", help="agent config (TOML)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
 
     sim = sub.add_parser(
         "simulate",
@@ -125,6 +179,30 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--label", action="append", type=_parse_label, default=[], metavar="KEY=VALUE", help="repeatable"
     )
+    sim.add_argument(
+        "--runtimes-mix",
+        type=_parse_runtimes_mix,
+        metavar="MIX",
+        help="device kinds in turn, e.g. onnxruntime+litert,litert,onnxruntime@fp32: each device reports "
+        "and runs only its runtimes; @PRECISION sets its precision label (default: all runtimes)",
+    )
+    sim.add_argument(
+        "--trust-root", type=Path, metavar="FILE", help="the fleet's root.json, installed on every device"
+    )
+    sim.add_argument(
+        "--trust-http-url", metavar="URL", help="the hub's /tuf URL, for TUF over HTTP as a fallback"
+    )
+    sim.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="accept unsigned desired states (testing only; refused by default)",
+    )
+    sim.add_argument(
+        "--firmware-hardware", metavar="ID", help="hardware id of the simulated devices (firmware on)"
+    )
+    sim.add_argument(
+        "--firmware-factory", type=Path, metavar="FILE", help="factory firmware bundle for slot a"
+    )
     sim.add_argument("--log-level", dest="sim_log_level", metavar="LEVEL", help="log level (default WARNING)")
     return parser
 
@@ -137,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         parser.print_help(sys.stderr)
         return 2
-    if command == "simulate":
-        level = args.sim_log_level or args.log_level or "WARNING"
+    if command in ("simulate", "status"):
+        level = getattr(args, "sim_log_level", None) or args.log_level or "WARNING"
     else:
         level = getattr(args, "run_log_level", None) or args.log_level or "INFO"
     try:
@@ -148,8 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "simulate":
             asyncio.run(_simulate(args))
+        elif command == "status":
+            _status(args.status_config, args.json)
         else:
             asyncio.run(_run_agent(getattr(args, "run_config", None) or args.config))
+    except RestartRequestedError:
+        print("edgefleet-agent: restarting to boot the new firmware slot", file=sys.stderr)
+        return EXIT_RESTART
     except ConfigError as e:
         print(f"edgefleet-agent: configuration error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ key, the expected type and what came when a value is wrong.
 
 from __future__ import annotations
 
+import enum
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 from edge_agent.errors import ConfigError
+from edge_agent.trust.config import FirmwareConfig, TrustConfig
 from edgefleet_proto.topics import DEFAULT_PREFIX, TopicError, validate_id, validate_prefix
 
 __all__ = [
@@ -23,10 +25,15 @@ __all__ = [
     "HubConfig",
     "LimitsConfig",
     "LocalApiConfig",
+    "MetricsConfig",
     "MqttConfig",
     "MqttProtocol",
+    "QueueConfig",
     "RuntimeConfig",
     "TelemetryConfig",
+    "TrialConfig",
+    "TrialMode",
+    "UpdateConfig",
     "load_config",
 ]
 
@@ -35,6 +42,8 @@ _PROTOCOLS: tuple[MqttProtocol, ...] = ("5", "3.1.1")
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 DEFAULT_SOCKET = "{state_dir}/agent.sock"
+DEFAULT_QUEUE = "{state_dir}/queue.sqlite"
+MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,16 +151,126 @@ class BackoffConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    max_artifact_bytes: int = 256 * 1024 * 1024
+    max_artifact_bytes: int = 256 * MiB
     download_chunk_timeout_s: float = 30.0
+    # A data profile is a few KiB of sketches; anything near this is not one.
+    max_profile_bytes: int = 16 * MiB
+    # Left free on the state_dir's file system after a download: a full disk stops the state file too.
+    min_free_disk_bytes: int = 16 * MiB
+    # Loading needs about this many times the artifact's size in memory (runtime copies, arenas) ...
+    load_memory_factor: float = 2.0
+    # ... plus this much left for everything else on the device.
+    min_free_memory_bytes: int = 32 * MiB
 
     def __post_init__(self) -> None:
-        if self.max_artifact_bytes < 1:
-            raise ConfigError(f"limits.max_artifact_bytes: expected >= 1, got {self.max_artifact_bytes}")
+        for key in ("max_artifact_bytes", "max_profile_bytes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"limits.{key}: expected >= 1, got {getattr(self, key)}")
+        for key in ("min_free_disk_bytes", "min_free_memory_bytes"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"limits.{key}: expected >= 0, got {getattr(self, key)}")
         if self.download_chunk_timeout_s <= 0:
             raise ConfigError(
                 f"limits.download_chunk_timeout_s: expected > 0 seconds, got {self.download_chunk_timeout_s}"
             )
+        if self.load_memory_factor < 0:
+            raise ConfigError(f"limits.load_memory_factor: expected >= 0, got {self.load_memory_factor}")
+
+
+class TrialMode(enum.StrEnum):
+    SERVE = "serve"  # the new version answers; the previous one stays loaded to take over at once
+    SHADOW = "shadow"  # the previous version answers; the new one runs on the same inputs beside it
+
+
+@dataclass(frozen=True, slots=True)
+class TrialConfig:
+    """How a new version is judged before it is kept. Both window bounds 0: no trial, commit at once."""
+
+    mode: TrialMode = TrialMode.SERVE
+    # The trial ends after this many judged requests (0: no request bound) ...
+    window_requests: int = 200
+    # ... or after this many seconds, whichever comes first (0: no time bound).
+    window_s: float = 60.0
+    # Statistical gates (error rate, latency, divergence, disagreement) need this many requests.
+    min_requests: int = 20
+    max_error_rate: float = 0.02
+    # p95 latency budget in ms (0: none) ...
+    latency_budget_ms: float = 0.0
+    # ... and against the previous version: fail above ratio x its p95 when also slack_ms slower.
+    max_latency_ratio: float = 2.0
+    latency_slack_ms: float = 1.0
+    # Jensen-Shannon divergence (bits, 0..1) of the predicted-class distribution from the baseline.
+    max_divergence: float = 0.2
+    # Shadow mode: share of requests whose predicted class differs from the previous version's.
+    max_disagreement: float = 0.2
+    # Serve mode: also run the previous version on the trial's inputs (the baseline when the
+    # bundle has no data profile, and the latency reference). Costs a second run per trial request.
+    compare_previous: bool = True
+    # Agent restarts during one trial before it counts as a crash loop and rolls back.
+    max_restarts: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", _trial_mode(self.mode))
+        for key in ("window_requests", "min_requests", "max_restarts"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"trial.{key}: expected >= 0, got {getattr(self, key)}")
+        for key in ("window_s", "latency_budget_ms", "latency_slack_ms"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"trial.{key}: expected >= 0, got {getattr(self, key)}")
+        for key in ("max_error_rate", "max_divergence", "max_disagreement"):
+            value = getattr(self, key)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"trial.{key}: expected a fraction in 0..1, got {value}")
+        if self.max_latency_ratio < 1:
+            raise ConfigError(f"trial.max_latency_ratio: expected >= 1, got {self.max_latency_ratio}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.window_requests > 0 or self.window_s > 0
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateConfig:
+    # The loop guard: checkpoints saved for one update before it is rolled back as looping.
+    max_state_saves: int = 30
+    # Verifying and loading run in worker threads; one that hangs this long fails the step.
+    step_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_state_saves < 5:
+            raise ConfigError(
+                f"update.max_state_saves: expected >= 5 (one update saves 5 times), "
+                f"got {self.max_state_saves}"
+            )
+        if self.step_timeout_s <= 0:
+            raise ConfigError(f"update.step_timeout_s: expected > 0 seconds, got {self.step_timeout_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """The on-disk queue of events and telemetry waiting for the broker."""
+
+    # None: kept in memory only (simulations; a restart loses what was not acknowledged).
+    path: Path | None = None
+    max_messages: int = 10_000
+    # SQLite synchronous mode: "normal" survives a crash of the agent, "full" also a power cut.
+    sync: Literal["normal", "full"] = "normal"
+
+    def __post_init__(self) -> None:
+        if self.max_messages < 1:
+            raise ConfigError(f"queue.max_messages: expected >= 1, got {self.max_messages}")
+        if self.sync not in ("normal", "full"):
+            raise ConfigError(f"queue.sync: expected 'normal' or 'full', got {self.sync!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # Prometheus text exposition on 127.0.0.1 only; 0 disables.
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.port != 0:
+            _check_port("metrics.port", self.port)
 
 
 def _frozen_labels() -> Mapping[str, str]:
@@ -171,6 +290,13 @@ class AgentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # The signed-update channel and firmware slots (edge_agent.trust.config).
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    firmware: FirmwareConfig = field(default_factory=FirmwareConfig)
 
     def __post_init__(self) -> None:
         for kind, value in (("device", self.device_id), ("fleet", self.fleet)):
@@ -202,6 +328,10 @@ class AgentConfig:
         labels: Mapping[str, str] | None = None,
         telemetry_interval_s: float = 10.0,
         backoff: BackoffConfig | None = None,
+        trial: TrialConfig | None = None,
+        durable_queue: bool = True,
+        trust: TrustConfig | None = None,
+        firmware: FirmwareConfig | None = None,
     ) -> AgentConfig:
         """A config for one simulated device: plain TCP, a Unix socket under ``state_dir`` or none."""
         return cls(
@@ -214,7 +344,20 @@ class AgentConfig:
             local_api=LocalApiConfig(socket=state_dir / "agent.sock" if local_api else None),
             telemetry=TelemetryConfig(interval_s=telemetry_interval_s),
             backoff=backoff or BackoffConfig(),
+            trial=trial or TrialConfig(),
+            queue=QueueConfig(path=state_dir / "queue.sqlite" if durable_queue else None),
+            trust=trust or TrustConfig(),
+            firmware=firmware or FirmwareConfig(),
         )
+
+
+def _trial_mode(value: str) -> TrialMode:
+    try:
+        return TrialMode(value)
+    except ValueError:
+        raise ConfigError(
+            f"trial.mode: expected one of {[m.value for m in TrialMode]}, got {value!r}"
+        ) from None
 
 
 def _check_port(key: str, port: int) -> None:
@@ -368,11 +511,70 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
         multiplier=b.float_("multiplier", 2.0),
     )
     lim = top.table("limits")
+    d_lim = LimitsConfig()
     limits = LimitsConfig(
-        max_artifact_bytes=lim.int_("max_artifact_bytes", 256 * 1024 * 1024),
-        download_chunk_timeout_s=lim.float_("download_chunk_timeout_s", 30.0),
+        max_artifact_bytes=lim.int_("max_artifact_bytes", d_lim.max_artifact_bytes),
+        download_chunk_timeout_s=lim.float_("download_chunk_timeout_s", d_lim.download_chunk_timeout_s),
+        max_profile_bytes=lim.int_("max_profile_bytes", d_lim.max_profile_bytes),
+        min_free_disk_bytes=lim.int_("min_free_disk_bytes", d_lim.min_free_disk_bytes),
+        load_memory_factor=lim.float_("load_memory_factor", d_lim.load_memory_factor),
+        min_free_memory_bytes=lim.int_("min_free_memory_bytes", d_lim.min_free_memory_bytes),
     )
-    for table in (top, m, h, la, t, r, b, lim):
+    tr = top.table("trial")
+    d_tr = TrialConfig()
+    trial = TrialConfig(
+        mode=_trial_mode(tr.str_("mode", d_tr.mode.value)),
+        window_requests=tr.int_("window_requests", d_tr.window_requests),
+        window_s=tr.float_("window_s", d_tr.window_s),
+        min_requests=tr.int_("min_requests", d_tr.min_requests),
+        max_error_rate=tr.float_("max_error_rate", d_tr.max_error_rate),
+        latency_budget_ms=tr.float_("latency_budget_ms", d_tr.latency_budget_ms),
+        max_latency_ratio=tr.float_("max_latency_ratio", d_tr.max_latency_ratio),
+        latency_slack_ms=tr.float_("latency_slack_ms", d_tr.latency_slack_ms),
+        max_divergence=tr.float_("max_divergence", d_tr.max_divergence),
+        max_disagreement=tr.float_("max_disagreement", d_tr.max_disagreement),
+        compare_previous=tr.bool_("compare_previous", d_tr.compare_previous),
+        max_restarts=tr.int_("max_restarts", d_tr.max_restarts),
+    )
+    up = top.table("update")
+    d_up = UpdateConfig()
+    update = UpdateConfig(
+        max_state_saves=up.int_("max_state_saves", d_up.max_state_saves),
+        step_timeout_s=up.float_("step_timeout_s", d_up.step_timeout_s),
+    )
+    q = top.table("queue")
+    queue_raw = q.str_("path", DEFAULT_QUEUE)
+    sync = q.str_("sync", "normal")
+    if sync not in ("normal", "full"):
+        raise ConfigError(f"queue.sync: expected 'normal' or 'full', got {sync!r}")
+    queue = QueueConfig(
+        path=None if queue_raw == "" else q.resolve(queue_raw.replace("{state_dir}", str(state_dir))),
+        max_messages=q.int_("max_messages", QueueConfig().max_messages),
+        sync="full" if sync == "full" else "normal",
+    )
+    mt = top.table("metrics")
+    metrics = MetricsConfig(port=mt.int_("port", 0))
+    ts = top.table("trust")
+    d_ts = TrustConfig()
+    trust = TrustConfig(
+        require_signed=ts.bool_("require_signed", d_ts.require_signed),
+        root_file=ts.path("root_file"),
+        http_url=ts.str_("http_url", ""),
+        metadata_timeout_s=ts.float_("metadata_timeout_s", d_ts.metadata_timeout_s),
+        max_root_bytes=ts.int_("max_root_bytes", d_ts.max_root_bytes),
+        max_timestamp_bytes=ts.int_("max_timestamp_bytes", d_ts.max_timestamp_bytes),
+        max_snapshot_bytes=ts.int_("max_snapshot_bytes", d_ts.max_snapshot_bytes),
+        max_targets_bytes=ts.int_("max_targets_bytes", d_ts.max_targets_bytes),
+        max_desired_bytes=ts.int_("max_desired_bytes", d_ts.max_desired_bytes),
+        refresh_interval_s=ts.float_("refresh_interval_s", d_ts.refresh_interval_s),
+    )
+    fw = top.table("firmware")
+    firmware = FirmwareConfig(
+        hardware_id=fw.str_("hardware_id", ""),
+        bootlimit=fw.int_("bootlimit", FirmwareConfig().bootlimit),
+        factory_bundle=fw.path("factory_bundle"),
+    )
+    for table in (top, m, h, la, t, r, b, lim, tr, up, q, mt, ts, fw):
         table.check_unknown()
     return AgentConfig(
         device_id=device_id,
@@ -386,4 +588,10 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
         runtime=runtime,
         backoff=backoff,
         limits=limits,
+        trial=trial,
+        update=update,
+        queue=queue,
+        metrics=metrics,
+        trust=trust,
+        firmware=firmware,
     )

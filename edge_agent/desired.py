@@ -43,6 +43,7 @@ def check_desired(
     fleet: str,
     applied_generation: int,
     max_artifact_bytes: int,
+    max_profile_bytes: int = 16 * 1024 * 1024,
 ) -> Verdict:
     """Say whether to apply ``desired``; raise :class:`DesiredRejectedError` saying why not."""
     if desired.device_id != device_id:
@@ -74,6 +75,17 @@ def check_desired(
             )
         if not model.format:
             raise DesiredRejectedError("desired model has no format: expected one like 'onnx'")
+        if model.HasField("profile") and model.profile.sha256:
+            profile = model.profile
+            try:
+                check_sha256(profile.sha256)
+            except StoreError as e:
+                raise DesiredRejectedError(f"desired model's data profile: {e}") from e
+            if not 0 < profile.length <= max_profile_bytes:
+                raise DesiredRejectedError(
+                    f"desired model's data profile is {profile.length} bytes; expected 1 to "
+                    f"{max_profile_bytes}"
+                )
     if desired.generation == applied_generation:
         return Verdict.DUPLICATE
     return Verdict.APPLY

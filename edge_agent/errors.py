@@ -95,8 +95,35 @@ class NoModelError(AgentError):
     """A prediction was asked for while no model is serving."""
 
 
+# -- resources -----------------------------------------------------------------------------------
+
+
+class ResourceError(AgentError):
+    """The device lacks what a step needs (disk, memory); retried later, the current model serves."""
+
+
+class InsufficientDiskError(ResourceError):
+    """Not enough free disk for a download plus the reserve."""
+
+
+class InsufficientMemoryError(ResourceError):
+    """Not enough available memory to load a model beside the one serving."""
+
+
+class StepTimeoutError(AgentError):
+    """A step's worker (hashing, loading) did not finish within the step timeout."""
+
+
 # -- local state ---------------------------------------------------------------------------------
 
 
 class StateFileError(AgentError):
     """The state file cannot be read or written."""
+
+
+class StateLoopError(AgentError):
+    """One update saved its state more often than the loop guard allows ("state looping detected")."""
+
+
+class QueueError(AgentError):
+    """The on-disk message queue cannot be opened or written."""

@@ -4,18 +4,17 @@ On every connect the link publishes a retained ONLINE status (birth), leaves a
 retained OFFLINE status as its last will, and subscribes to the desired and
 command topics; the broker then hands over the retained desired state, which is
 the whole re-sync protocol. Events and telemetry wait in a bounded
-:class:`Outbox` until the broker acknowledges them (QoS 1), so an outage loses
-only the oldest messages past the bound, and counts them. A lost connection is
-retried with capped, jittered back-off; a clean stop publishes OFFLINE first.
+:class:`~edge_agent.outbox.Outbox` (on disk) until the broker acknowledges them
+(QoS 1 PUBACK), so an outage loses only the oldest messages past the bound, and
+counts them. A lost connection is retried with capped, jittered back-off; a
+clean stop publishes OFFLINE first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Protocol
 
 import aiomqtt
@@ -24,62 +23,17 @@ from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
 from edge_agent.errors import ConfigError
 from edge_agent.logs import Log
+from edge_agent.outbox import Outbox, OutMessage
 from edge_agent.tasks import cancel_and_wait
 from edgefleet_proto.topics import DeviceTopics
 from edgefleet_proto.v1 import device_pb2
 
-__all__ = ["LinkHandler", "MqttLink", "OutMessage", "Outbox"]
+__all__ = ["LinkHandler", "MqttLink"]
 
 log = logging.getLogger(__name__)
 
 ONLINE = device_pb2.DEVICE_STATE_ONLINE
 OFFLINE = device_pb2.DEVICE_STATE_OFFLINE
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class OutMessage:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-
-
-class Outbox:
-    """Messages waiting for the broker, oldest first; when full the oldest is dropped and counted."""
-
-    def __init__(self, maxlen: int = 1000) -> None:
-        if maxlen < 1:
-            raise ValueError(f"outbox maxlen must be >= 1, got {maxlen}")
-        self._queue: collections.deque[OutMessage] = collections.deque()
-        self._maxlen = maxlen
-        self.dropped = 0
-        self.changed = asyncio.Event()
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def put(self, message: OutMessage) -> None:
-        if len(self._queue) >= self._maxlen:
-            lost = self._queue.popleft()
-            self.dropped += 1
-            # Log the first loss and then every hundredth, not each one of a long outage.
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning(
-                    "outbox full (%d): dropped %d message(s), oldest to %s",
-                    self._maxlen,
-                    self.dropped,
-                    lost.topic,
-                )
-        self._queue.append(message)
-        self.changed.set()
-
-    def peek(self) -> OutMessage | None:
-        return self._queue[0] if self._queue else None
-
-    def ack(self, message: OutMessage) -> None:
-        """Remove ``message`` once the broker has it (unless it was dropped meanwhile)."""
-        if self._queue and self._queue[0] is message:
-            self._queue.popleft()
 
 
 class LinkHandler(Protocol):

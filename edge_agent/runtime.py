@@ -8,12 +8,13 @@ only when a model is loaded, so that the command line starts fast.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.errors import InferenceError, ModelLoadError, UnknownFormatError
+from edge_agent.runtime_litert import LiteRTModel, litert_available, litert_runtime_name
 from edge_agent.tensors import Array, TensorSpec
 
 __all__ = [
@@ -105,10 +106,16 @@ class OnnxRuntimeModel:
 
     def predict(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         try:
-            results = self._session.run(self._output_names, dict(inputs))
+            results = self._session.run(self._output_names, inputs)
         except Exception as e:  # onnxruntime's errors have no common base class
             raise InferenceError(f"onnxruntime failed: {str(e).strip().splitlines()[0]}") from e
+        if len(results) == 1:  # the common case, without zip's per-call cost
+            return {self._output_names[0]: results[0]}
         return dict(zip(self._output_names, results, strict=True))
+
+
+# Which artifact format each runtime (as reported to the hub) loads.
+RUNTIME_FORMATS = {"onnxruntime": "onnx", "litert": "tflite", "tflite-runtime": "tflite"}
 
 
 class RuntimeRegistry:
@@ -116,7 +123,21 @@ class RuntimeRegistry:
 
     def __init__(self, loaders: Mapping[str, Loader] | None = None) -> None:
         default: dict[str, Loader] = {"onnx": OnnxRuntimeModel.load}
+        if litert_available():  # .tflite variants, where ai-edge-litert or tflite-runtime is installed
+            default["tflite"] = LiteRTModel.load
         self._loaders = dict(loaders) if loaders is not None else default
+
+    @classmethod
+    def only(cls, runtimes: Iterable[str]) -> RuntimeRegistry:
+        """The default registry cut down to the named runtimes ("onnxruntime", "litert"): a simulated
+        device that reports, and runs, only those."""
+        wanted = {RUNTIME_FORMATS[r] for r in runtimes if r in RUNTIME_FORMATS}
+        full = cls()
+        return cls({fmt: loader for fmt, loader in full._loaders.items() if fmt in wanted})
+
+    def runtime_names(self) -> list[str]:
+        """The installed runtimes this registry loads with, as "name/version" (reported to the hub)."""
+        return [r for r in available_runtimes() if RUNTIME_FORMATS.get(r.split("/")[0]) in self._loaders]
 
     @property
     def formats(self) -> list[str]:
@@ -142,4 +163,7 @@ def available_runtimes() -> list[str]:
             found.append(f"{dist}/{importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
             continue
+    litert = litert_runtime_name()
+    if litert is not None:
+        found.append(litert)
     return found

@@ -1,27 +1,35 @@
-"""The serving slot: which loaded model answers predictions right now.
+"""The serving slot: which loaded model answers predictions right now, and the trial beside it.
 
 Activation is a reference swap. A prediction reads the slot once and runs on
 what it got, so requests in flight finish on the old session while new ones
-start on the new session; nothing is locked on the serving path.
+start on the new session; nothing is locked on the serving path. While a new
+version is on trial the slot also holds the :class:`TrialRoute` that decides,
+request by request, which version answers and which one is judged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from edge_agent.runtime import ModelRuntime
-from edge_agent.tensors import Array
+from edge_agent.tensors import Array, InputCheck
 from edgefleet_proto.v1 import common_pb2
 
-__all__ = ["LoadedModel", "Prediction", "ServingSlot"]
+__all__ = ["LoadedModel", "Prediction", "ServingSlot", "TrialRoute"]
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
     ref: common_pb2.ModelRef
     runtime: ModelRuntime
+    # The input check for this model, prepared once (the serving path runs it on every request).
+    check: InputCheck = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "check", InputCheck(self.runtime.inputs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +41,13 @@ class Prediction:
     latency_ms: float
 
 
-SwapListener = Callable[[LoadedModel | None, LoadedModel], None]
+class TrialRoute(Protocol):
+    """Answers predictions while a version is on trial (``edge_agent.trial.TrialSession``)."""
+
+    def predict(self, inputs: Mapping[str, Array]) -> Prediction: ...
+
+
+SwapListener = Callable[[LoadedModel | None, LoadedModel | None], None]
 
 
 class ServingSlot:
@@ -41,6 +55,7 @@ class ServingSlot:
 
     def __init__(self) -> None:
         self._current: LoadedModel | None = None
+        self.trial: TrialRoute | None = None
         self._changed = asyncio.Event()
         self._listeners: list[SwapListener] = []
 
@@ -52,8 +67,8 @@ class ServingSlot:
         """Call ``listener(old, new)`` just before each swap (e.g. to close a telemetry window)."""
         self._listeners.append(listener)
 
-    def swap(self, new: LoadedModel) -> LoadedModel | None:
-        """Serve ``new`` from now on; return what served before."""
+    def swap(self, new: LoadedModel | None) -> LoadedModel | None:
+        """Serve ``new`` from now on (None: serve nothing); return what served before."""
         old = self._current
         for listener in self._listeners:
             listener(old, new)
@@ -62,6 +77,14 @@ class ServingSlot:
         self._changed.set()
         self._changed = asyncio.Event()
         return old
+
+    def begin_trial(self, route: TrialRoute) -> None:
+        self.trial = route
+
+    def end_trial(self, route: TrialRoute) -> None:
+        """Stop routing through ``route`` (a no-op when another trial took its place)."""
+        if self.trial is route:
+            self.trial = None
 
     async def wait_for(self, sha256: str, timeout: float) -> LoadedModel:
         """Return once the model with ``sha256`` serves; raise TimeoutError after ``timeout`` s."""

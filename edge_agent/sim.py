@@ -11,16 +11,20 @@ stdout:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, BackoffConfig, MqttProtocol
 from edge_agent.fetcher import ChannelPool
+from edge_agent.sim_mix import DeviceKind
 from edge_agent.tasks import cancel_and_wait
+from edge_agent.trust.config import FirmwareConfig, TrustConfig
+from edge_agent.trust.transport import SyncChannels
 
 __all__ = ["Fleet", "device_ids", "run_fleet"]
 
@@ -31,6 +35,19 @@ def device_ids(n: int) -> list[str]:
         raise ValueError(f"a fleet needs at least 1 device, got {n}")
     width = max(4, len(str(n)))
     return [f"sim-{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def _allow_open_files(devices: int) -> None:
+    """Raise the soft limit on open files: each device holds a broker connection, its queue
+    database (three files) and perhaps a socket, and 1024 is a common default."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8 * devices + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
 
 
 class Fleet:
@@ -50,9 +67,18 @@ class Fleet:
         labels: Mapping[str, str] | None = None,
         telemetry_interval_s: float = 10.0,
         backoff: BackoffConfig | None = None,
+        runtimes_mix: Sequence[DeviceKind] | None = None,
+        trust: TrustConfig | None = None,
+        firmware: FirmwareConfig | None = None,
     ) -> None:
         with_api = n if local_api_devices is None else max(0, min(local_api_devices, n))
+        _allow_open_files(n)
         self.channels = ChannelPool()
+        # Blocking channels for the TUF client (it runs in worker threads), shared like the async ones.
+        self.sync_channels = SyncChannels()
+        # Device i is of kind i mod len(mix): its own runtimes, and its precision label.
+        kinds = list(runtimes_mix or [])
+        self._kinds = kinds
         self.agents = [
             Agent(
                 AgentConfig.for_simulation(
@@ -64,11 +90,15 @@ class Fleet:
                     mqtt_protocol=mqtt_protocol,
                     grpc_endpoint=grpc_endpoint,
                     local_api=index < with_api,
-                    labels=labels,
+                    labels={**(labels or {}), **(kinds[index % len(kinds)].labels() if kinds else {})},
                     telemetry_interval_s=telemetry_interval_s,
                     backoff=backoff,
+                    trust=trust,
+                    firmware=firmware,
                 ),
                 channels=self.channels,
+                sync_channels=self.sync_channels,
+                runtimes=kinds[index % len(kinds)].registry() if kinds else None,
             )
             for index, device_id in enumerate(device_ids(n))
         ]
@@ -84,7 +114,10 @@ class Fleet:
 
     async def run(self, stop: asyncio.Event, *, out: TextIO | None = None) -> None:
         """Run every agent; print the ready line to ``out`` (stdout) once all are up."""
-        tasks = [asyncio.create_task(a.run(stop), name=f"agent-{a.device_id}") for a in self.agents]
+        tasks = [
+            asyncio.create_task(self._run_one(i, stop), name=f"agent-{a.device_id}")
+            for i, a in enumerate(self.agents)
+        ]
         all_ready: asyncio.Future[Any] = asyncio.gather(*(a.ready.wait() for a in self.agents))
         stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
@@ -104,6 +137,25 @@ class Fleet:
             await cancel_and_wait([all_ready, stopped])
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.channels.close()
+            self.sync_channels.close()
+
+    async def _run_one(self, index: int, stop: asyncio.Event) -> None:
+        """Run one agent; when it asks for a restart (a firmware slot switch), start it again."""
+        while True:
+            agent = self.agents[index]
+            await agent.run(stop)
+            if stop.is_set() or not agent.restart_requested.is_set():
+                return
+            # What a device's service manager does: the same config and state folder, a fresh process.
+            kinds = self._kinds
+            restarted = Agent(
+                agent.config,
+                channels=self.channels,
+                sync_channels=self.sync_channels,
+                runtimes=kinds[index % len(kinds)].registry() if kinds else None,
+            )
+            restarted.ready.set()  # it was ready once; the ready line is not printed again
+            self.agents[index] = restarted
 
 
 async def run_fleet(
@@ -120,6 +172,9 @@ async def run_fleet(
     telemetry_interval_s: float = 10.0,
     stop_event: asyncio.Event,
     out: TextIO | None = None,
+    runtimes_mix: Sequence[DeviceKind] | None = None,
+    trust: TrustConfig | None = None,
+    firmware: FirmwareConfig | None = None,
 ) -> None:
     """Run ``n`` agents (``sim-0001``..) under ``base_dir`` until ``stop_event`` is set.
 
@@ -137,5 +192,8 @@ async def run_fleet(
         local_api_devices=local_api_devices,
         labels=labels,
         telemetry_interval_s=telemetry_interval_s,
+        runtimes_mix=runtimes_mix,
+        trust=trust,
+        firmware=firmware,
     )
     await fleet_.run(stop_event, out=out)

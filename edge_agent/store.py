@@ -96,18 +96,23 @@ class ArtifactStore:
             raise DigestMismatchError(f"sha256 mismatch: expected {ref.sha256} got {digest}")
 
     def install_partial(self, ref: common_pb2.ModelRef) -> Path:
-        """Verify the finished download for ``ref`` and move it into the store atomically.
+        """Verify the finished download for ``ref`` (length, sha256) and move it into the store.
 
         A partial that fails verification is deleted: its bytes are wrong somewhere, so
         resuming from its length would only keep the damage.
         """
         part = self.partial_path(ref.sha256)
-        final = self.path_for(ref.sha256)
         try:
             self.verify_file(part, ref)
         except StoreError:
             part.unlink(missing_ok=True)
             raise
+        return self.promote_partial(ref)
+
+    def promote_partial(self, ref: common_pb2.ModelRef) -> Path:
+        """Move a download that the caller's verifiers accepted into the store, atomically."""
+        part = self.partial_path(ref.sha256)
+        final = self.path_for(ref.sha256)
         try:
             # The fetcher fsyncs what it wrote; this covers a partial left by an older run.
             with part.open("rb+") as f:

@@ -42,6 +42,9 @@ class TelemetryRecorder:
         self._next_seq = next_seq
         self._max_samples = max_samples
         self._rng = rng if rng is not None else random.Random()
+        # Since the agent started, across windows (the metrics endpoint's counters).
+        self.total_requests = 0
+        self.total_errors = 0
         self._reset(clock.wall_ms())
 
     def _reset(self, start_ms: int) -> None:
@@ -69,8 +72,10 @@ class TelemetryRecorder:
     def record(self, latency_ms: float, *, error: bool = False) -> None:
         """Count one request. Failed requests count as errors and add no latency sample."""
         self._requests += 1
+        self.total_requests += 1
         if error:
             self._errors += 1
+            self.total_errors += 1
             return
         self._latency_sum += latency_ms
         self._latency_max = max(self._latency_max, latency_ms)

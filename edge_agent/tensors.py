@@ -20,6 +20,7 @@ from edgefleet_proto.v1 import common_pb2, inference_pb2
 
 __all__ = [
     "SUPPORTED_DTYPES",
+    "InputCheck",
     "TensorSpec",
     "array_to_tensor",
     "check_inputs",
@@ -129,3 +130,39 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Array]) -> di
         _check_one(spec, array)
         checked[spec.name] = array
     return checked
+
+
+class InputCheck:
+    """:func:`check_inputs` for one model, prepared once: the serving path's common case costs
+    a few comparisons, and anything unusual takes the full check for its precise error."""
+
+    __slots__ = ("_dtype", "_fixed", "_name", "_rank", "_specs")
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        self._specs = tuple(specs)
+        single = self._specs[0] if len(self._specs) == 1 else None
+        self._name = self._dtype = None
+        self._rank = -1
+        self._fixed: tuple[tuple[int, int], ...] = ()
+        if single is not None and single.dtype in SUPPORTED_DTYPES:
+            self._name = single.name
+            self._dtype = np.dtype(single.dtype)
+            self._rank = len(single.shape)
+            self._fixed = tuple((i, d) for i, d in enumerate(single.shape) if d >= 0)
+
+    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Array]:
+        if self._dtype is not None and len(inputs) == 1:
+            ((name, array),) = inputs.items()
+            if (
+                name in (self._name, "")
+                and type(array) is np.ndarray
+                and array.dtype == self._dtype
+                and array.ndim == self._rank
+            ):
+                shape = array.shape
+                for i, d in self._fixed:
+                    if shape[i] != d:
+                        break
+                else:
+                    return {self._name: array}  # type: ignore[dict-item]
+        return check_inputs(self._specs, inputs)

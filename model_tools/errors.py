@@ -31,15 +31,67 @@ class ExportError(ModelToolsError):
 class ParityError(ExportError):
     """The exported model's outputs differ from the source model's beyond tolerance."""
 
-    def __init__(self, max_abs_diff: float, tolerance: float, *, batch_size: int) -> None:
+    def __init__(self, max_abs_diff: float, tolerance: float, *, batch_size: int, what: str = "ONNX") -> None:
         self.max_abs_diff = max_abs_diff
         self.tolerance = tolerance
         self.batch_size = batch_size
         super().__init__(
-            f"ONNX parity failed at batch size {batch_size}: "
+            f"{what} parity failed at batch size {batch_size}: "
             f"max abs difference {max_abs_diff:.3g} above tolerance {tolerance:.3g}"
         )
 
 
 class InvalidModelError(ModelToolsError):
     """A file is not a loadable ONNX model (missing, truncated, corrupt or not ONNX at all)."""
+
+
+class DataValidationError(DataError):
+    """A data set failed validation; ``report`` names every offending row and column."""
+
+    def __init__(self, report: object, message: str) -> None:
+        self.report = report
+        super().__init__(message)
+
+
+class PruneError(ModelToolsError):
+    """A model could not be pruned as asked (unknown layout, nothing left to keep)."""
+
+
+class QuantizationError(ModelToolsError):
+    """onnxruntime could not quantize a model; the message names the method that was tried."""
+
+
+class CalibrationError(QuantizationError):
+    """Calibration data does not fit the model: wrong shape, dtype, or too few samples."""
+
+
+class TFLiteError(ModelToolsError):
+    """A model could not be rebuilt in Keras or converted to TFLite."""
+
+
+class TFLiteUnavailableError(TFLiteError):
+    """TensorFlow (the optional ``tflite`` extra) is not installed, so no .tflite can be made."""
+
+
+class TFLiteParityError(ParityError, TFLiteError):
+    """The .tflite file's outputs differ from torch's beyond tolerance."""
+
+
+class EvaluationError(ModelToolsError):
+    """A variant could not be loaded or run for evaluation."""
+
+
+class GatePolicyError(ConfigError):
+    """A gate policy does not parse or holds a value of the wrong kind; the message names the key."""
+
+
+class ProfileError(ModelToolsError):
+    """A data profile could not be built or does not parse."""
+
+
+class BundleError(ModelToolsError):
+    """A bundle's manifest is malformed, or its files do not match it."""
+
+
+class PipelineError(ModelToolsError):
+    """The optimization pipeline cannot produce a bundle (the fp32 baseline itself fails a gate)."""

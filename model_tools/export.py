@@ -9,8 +9,8 @@ A file appears at the destination only once it has passed that check.
 from __future__ import annotations
 
 import contextlib
-import logging
 import copy
+import logging
 import os
 import re
 import uuid

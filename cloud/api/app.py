@@ -5,7 +5,19 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from cloud.api.errors import install_error_handlers
-from cloud.api.routes import assignments, devices, health, models, tokens
+from cloud.api.routes import (
+    assignments,
+    bundles,
+    devices,
+    experiments,
+    firmware,
+    health,
+    keys,
+    models,
+    rollbacks,
+    tokens,
+    tuf,
+)
 from cloud.context import HubContext
 
 API_PREFIX = "/api/v1"
@@ -22,8 +34,11 @@ def create_app(ctx: HubContext) -> FastAPI:
     app.state.hub = ctx
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(tuf.router)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (models, devices, assignments, tokens):
+    for module in (models, devices, assignments, tokens, keys, firmware, rollbacks):
+        api.include_router(module.router)
+    for module in (experiments, bundles):  # the optimization pipeline: runs, bundles, variants
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -9,7 +9,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
 from cloud import errors
+from cloud.api.routes.tuf import SigningUnavailableError
 from cloud.db import DatabaseError
+from cloud.tuf.errors import NotInitializedError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,8 @@ _STATUS: dict[type[errors.HubError], int] = {
     errors.DeliveryError: 503,
     errors.PublishError: 503,
     DatabaseError: 503,
+    SigningUnavailableError: 503,
+    NotInitializedError: 503,
 }
 
 

@@ -14,10 +14,13 @@ from sqlmodel import Session, col, select
 
 from cloud.clock import Clock, to_ms, utcnow
 from cloud.errors import DeliveryError, InvalidInputError, NotFoundError, PublishError, UnknownDevicesError
-from cloud.models import DesiredState, Device, ModelVersion
+from cloud.models import Bundle, DesiredState, Device, ModelVariant, ModelVersion
 from cloud.services.devices import labels_match
 from cloud.services.publisher import DesiredPublisher
 from cloud.services.registry import get_model
+from cloud.services.rollbacks import RefusedDevice, exclude_refused
+from cloud.services.signing import Signing
+from cloud.services.variants import VariantOption, choose_for_devices
 from edgefleet_proto.topics import TopicError, validate_id
 from edgefleet_proto.v1 import common_pb2, desired_pb2
 
@@ -25,23 +28,45 @@ log = logging.getLogger(__name__)
 
 
 def build_desired(
-    row: DesiredState, model: ModelVersion, *, fleet: str, artifact_endpoint: str
+    row: DesiredState,
+    model: ModelVersion,
+    *,
+    fleet: str,
+    artifact_endpoint: str,
+    variant: ModelVariant | None = None,
+    bundle: Bundle | None = None,
 ) -> desired_pb2.DesiredState:
-    """The wire form of a stored desired state."""
+    """The wire form of a stored desired state: the chosen variant's artifact, and the bundle's profile."""
+    ref = common_pb2.ModelRef(
+        name=model.name,
+        version=model.version,
+        format=variant.format if variant else model.format,
+        sha256=variant.sha256 if variant else model.sha256,
+        length=variant.length if variant else model.length,
+        variant=variant.variant if variant else "",
+        precision=variant.precision if variant else "",
+    )
+    if bundle is not None:
+        ref.profile.CopyFrom(
+            common_pb2.ArtifactRef(
+                sha256=bundle.profile_sha256,
+                length=bundle.profile_length,
+                media_type=bundle.profile_media_type,
+            )
+        )
     return desired_pb2.DesiredState(
         device_id=row.device_id,
         fleet=fleet,
         generation=row.generation,
         issued_at_ms=to_ms(row.issued_at),
-        model=common_pb2.ModelRef(
-            name=model.name,
-            version=model.version,
-            format=model.format,
-            sha256=model.sha256,
-            length=model.length,
-        ),
+        model=ref,
         artifact_endpoint=artifact_endpoint,
     )
+
+
+def _variant_options(session: Session, model_version_id: int) -> list[VariantOption]:
+    query = select(ModelVariant).where(ModelVariant.model_version_id == model_version_id)
+    return [VariantOption.from_row(v) for v in session.exec(query.order_by(col(ModelVariant.id))).all()]
 
 
 def _targets(
@@ -103,13 +128,31 @@ def assign(
     fleet: str,
     artifact_endpoint: str,
     clock: Clock = utcnow,
+    signing: Signing | None = None,
+    skipped: list[RefusedDevice] | None = None,
 ) -> list[DesiredState]:
     """Make ``model_name`` ``version`` the desired model of the chosen devices, and publish it.
 
-    Raises DeliveryError (after committing) when the broker does not take some of them.
+    Raises DeliveryError (after committing) when the broker does not take some of them, and
+    ConflictError when named devices rolled this version back; devices chosen by ``selector``
+    that rolled it back are left out and appended to ``skipped``.
     """
     model = get_model(session, model_name, version)
     devices = _targets(session, fleet, device_ids, selector)
+    # Never offer a device a version it rolled back (ConflictError when it was named).
+    devices = exclude_refused(session, model, devices, named=device_ids is not None, skipped=skipped)
+    assert model.id is not None
+    # Every device gets the variant its reported runtimes run best; one that none fits fails the
+    # whole assignment before anything is written.
+    chosen = choose_for_devices(
+        _variant_options(session, model.id), [(d.id, d.capabilities, d.labels) for d in devices]
+    )
+    # Read now, inside the transaction that commits below: a read after it would open another one,
+    # which on SQLite takes the write lock while the signing step below may need it.
+    bundle = session.get(Bundle, model.id)
+    variants = {
+        v.id: v for v in session.exec(select(ModelVariant).where(ModelVariant.model_version_id == model.id))
+    }
     now = clock()
     rows: list[DesiredState] = []
     for device in devices:
@@ -123,6 +166,7 @@ def assign(
             row = DesiredState(device_id=device.id, model_version_id=0, generation=0, issued_at=now)
         assert model.id is not None
         row.model_version_id = model.id
+        row.variant_id = chosen[device.id].id
         row.generation = generation
         row.issued_at = now
         session.add(row)
@@ -132,33 +176,68 @@ def assign(
 
     failed: list[str] = []
     reason = ""
-    for row in rows:
-        payload = build_desired(row, model, fleet=fleet, artifact_endpoint=artifact_endpoint)
+    # Signed first, and the director's counters committed before anything is published: a
+    # counter a device has seen must never be handed out again.
+    payloads = [
+        (
+            row.device_id,
+            _wire(
+                session,
+                build_desired(
+                    row,
+                    model,
+                    fleet=fleet,
+                    artifact_endpoint=artifact_endpoint,
+                    variant=variants.get(row.variant_id),
+                    bundle=bundle,
+                ),
+                signing,
+            ),
+        )
+        for row in rows
+    ]
+    session.commit()
+    for device_id, payload in payloads:
         try:
-            publisher.publish_desired(row.device_id, payload.SerializeToString(deterministic=True))
+            publisher.publish_desired(device_id, payload)
         except PublishError as e:
-            failed.append(row.device_id)
+            failed.append(device_id)
             reason = str(e)
     if failed:
         raise DeliveryError(failed, reason)
     return rows
 
 
-def desired_payloads(session: Session, *, fleet: str, artifact_endpoint: str) -> list[tuple[str, bytes]]:
+def _wire(session: Session, desired: desired_pb2.DesiredState, signing: Signing | None) -> bytes:
+    """What the desired topic carries: the director's signed envelope (bare bytes without signing)."""
+    if signing is None:
+        return desired.SerializeToString(deterministic=True)
+    return signing.seal(session, desired)
+
+
+def desired_payloads(
+    session: Session, *, fleet: str, artifact_endpoint: str, signing: Signing | None = None
+) -> list[tuple[str, bytes]]:
     """Every stored desired state of a fleet, serialised: what a reconnecting hub republishes."""
     rows = session.exec(
-        select(DesiredState, ModelVersion)
+        select(DesiredState, ModelVersion, ModelVariant, Bundle)
         .join(ModelVersion, col(DesiredState.model_version_id) == col(ModelVersion.id))
         .join(Device, col(DesiredState.device_id) == col(Device.id))
+        .outerjoin(ModelVariant, col(DesiredState.variant_id) == col(ModelVariant.id))
+        .outerjoin(Bundle, col(Bundle.model_version_id) == col(ModelVersion.id))
         .where(Device.fleet == fleet)
         .order_by(col(DesiredState.device_id))
     ).all()
-    return [
+    payloads = [
         (
             d.device_id,
-            build_desired(d, m, fleet=fleet, artifact_endpoint=artifact_endpoint).SerializeToString(
-                deterministic=True
+            _wire(
+                session,
+                build_desired(d, m, fleet=fleet, artifact_endpoint=artifact_endpoint, variant=v, bundle=b),
+                signing,
             ),
         )
-        for d, m in rows
+        for d, m, v, b in rows
     ]
+    session.commit()
+    return payloads

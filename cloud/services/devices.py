@@ -10,7 +10,15 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from cloud.errors import InvalidInputError, NotFoundError
-from cloud.models import DesiredState, Device, DeviceEvent, DeviceState, ModelVersion, TelemetryWindow
+from cloud.models import (
+    DesiredState,
+    Device,
+    DeviceEvent,
+    DeviceState,
+    ModelVariant,
+    ModelVersion,
+    TelemetryWindow,
+)
 from cloud.schemas import (
     DeviceDetailPublic,
     DeviceEventPublic,
@@ -113,6 +121,7 @@ def touch(session: Session, device_id: str, fleet: str, seen_at: datetime) -> De
 class _Desired:
     generation: int
     model: ModelVersion
+    variant: ModelVariant | None = None  # the artifact the device was told to run, when chosen per device
 
 
 def _ref(name: str | None, version: str | None, sha256: str | None) -> ModelRefPublic | None:
@@ -125,16 +134,17 @@ def _desired_for(session: Session, device_ids: Sequence[str]) -> dict[str, _Desi
     if not device_ids:
         return {}
     rows = session.exec(
-        select(DesiredState, ModelVersion)
+        select(DesiredState, ModelVersion, ModelVariant)
         .join(ModelVersion, col(DesiredState.model_version_id) == col(ModelVersion.id))
+        .outerjoin(ModelVariant, col(DesiredState.variant_id) == col(ModelVariant.id))
         .where(col(DesiredState.device_id).in_(device_ids))
     ).all()
-    return {d.device_id: _Desired(d.generation, m) for d, m in rows}
+    return {d.device_id: _Desired(d.generation, m, v) for d, m, v in rows}
 
 
 def _public(device: Device, desired: _Desired | None) -> DevicePublic:
     active = _ref(device.active_model_name, device.active_model_version, device.active_model_sha256)
-    wanted = _ref(desired.model.name, desired.model.version, desired.model.sha256) if desired else None
+    wanted = _desired_ref(desired) if desired else None
     return DevicePublic(
         id=device.id,
         fleet=device.fleet,
@@ -153,6 +163,17 @@ def _public(device: Device, desired: _Desired | None) -> DevicePublic:
         in_sync=wanted is None or (active is not None and active.sha256 == wanted.sha256),
         first_seen=device.first_seen,
         last_seen=device.last_seen,
+    )
+
+
+def _desired_ref(desired: _Desired) -> ModelRefPublic:
+    v = desired.variant
+    return ModelRefPublic(
+        name=desired.model.name,
+        version=desired.model.version,
+        sha256=v.sha256 if v else desired.model.sha256,
+        variant=v.variant if v else "",
+        precision=v.precision if v else "",
     )
 
 
@@ -199,10 +220,15 @@ def device_detail(session: Session, device_id: str) -> DeviceDetailPublic:
     base = _public(device, _desired_for(session, [device_id]).get(device_id))
     events = recent_events(session, device_id, RECENT_EVENTS)
     windows = recent_telemetry(session, device_id, 1)
+    from cloud.schemas import RollbackPublic
+    from cloud.services.rollbacks import list_rollbacks
+
+    rolled = list_rollbacks(session, fleet=device.fleet, device_id=device_id, limit=RECENT_EVENTS)
     return DeviceDetailPublic(
         **base.model_dump(),
         recent_events=[DeviceEventPublic.model_validate(e) for e in events],
         last_telemetry=TelemetryWindowPublic.model_validate(windows[0]) if windows else None,
+        rollbacks=[RollbackPublic.model_validate(r) for r in rolled],
     )
 
 

@@ -23,8 +23,8 @@ from sqlmodel import Session
 from cloud.clock import Clock, from_ms, utcnow
 from cloud.db import SessionFactory, transaction
 from cloud.errors import HubError, InvalidInputError
-from cloud.models import DeviceEvent, TelemetryWindow
-from cloud.services import devices
+from cloud.models import DeviceEvent, DeviceRollback, TelemetryWindow
+from cloud.services import devices, rollbacks
 from edgefleet_proto.topics import Channel, FleetTopics, TopicError
 from edgefleet_proto.v1 import device_pb2, event_pb2, telemetry_pb2
 
@@ -59,6 +59,7 @@ class IngestStats:
     statuses: int = 0
     telemetry_windows: int = 0
     events: int = 0
+    rollbacks: int = 0
     duplicates: int = 0
     malformed: int = 0
     rejected: int = 0
@@ -200,6 +201,7 @@ class Ingestor:
         fleet = self._topics.fleet
         windows: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
+        rollback_rows: list[dict[str, Any]] = []
         statuses = 0
         for item in items:
             seen_at = None if item.retained else now
@@ -215,12 +217,17 @@ class Ingestor:
                 windows.extend(_window_row(item.device_id, w, now) for w in item.message.windows)
             elif item.channel is Channel.EVENTS:
                 events.append(_event_row(item.device_id, item.message, now))
+                if item.message.kind == event_pb2.EVENT_KIND_ROLLED_BACK:
+                    rollback_rows.append(rollbacks.row_from_event(item.device_id, item.message, now))
         stored_windows = _insert_ignoring_duplicates(session, TelemetryWindow.__table__, windows)  # type: ignore[attr-defined]
         stored_events = _insert_ignoring_duplicates(session, DeviceEvent.__table__, events)  # type: ignore[attr-defined]
+        table = DeviceRollback.__table__  # type: ignore[attr-defined]
+        stored_rollbacks = _insert_ignoring_duplicates(session, table, rollback_rows)
         return {
             "statuses": statuses,
             "telemetry_windows": stored_windows,
             "events": stored_events,
+            "rollbacks": stored_rollbacks,
             "duplicates": len(windows) - stored_windows + len(events) - stored_events,
         }
 

@@ -5,10 +5,27 @@ Loading it is the check that matters: a file the hub accepts must be one a devic
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cloud.errors import InvalidArtifactError
+from cloud.models import ModelVariant, ModelVersion
+
+# Operators that only a quantized graph holds: a pushed file with any of them is an int8 variant.
+_INT8_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+    }
+)
 
 # onnxruntime spells element types as "tensor(float)"; the wire contract uses numpy names.
 _ORT_TO_NUMPY = {
@@ -63,3 +80,30 @@ def onnx_io_schema(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any
         {"name": o.name, "dtype": _dtype(o.type), "shape": _shape(o.shape)} for o in session.get_outputs()
     ]
     return inputs, outputs
+
+
+def single_file_variant(path: Path, version: ModelVersion, now: datetime) -> ModelVariant:
+    """The one variant of a version pushed as a single ONNX file (its precision read from the graph)."""
+    import onnx
+
+    from model_tools.bundle import runtime_needs
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError, OSError and others
+        raise InvalidArtifactError(f"artifact is not a readable ONNX model: {e}") from e
+    ops = {node.op_type for node in model.graph.node}
+    opsets = [int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    precision = "int8" if ops & _INT8_OPS else "fp32"
+    assert version.id is not None
+    return ModelVariant(
+        model_version_id=version.id,
+        variant=precision,
+        format=version.format,
+        precision=precision,
+        sha256=version.sha256,
+        length=version.length,
+        runtimes=[n.to_dict() for n in runtime_needs("onnx", max(opsets) if opsets else None)],
+        is_baseline=True,
+        created_at=now,
+    )

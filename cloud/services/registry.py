@@ -14,8 +14,8 @@ from sqlmodel import Session, col, select
 from cloud.artifacts import ArtifactInfo, ArtifactStore, Readable
 from cloud.clock import Clock, utcnow
 from cloud.errors import ConflictError, NotFoundError, UnsupportedFormatError
-from cloud.models import ModelVersion
-from cloud.services.onnx_schema import onnx_io_schema
+from cloud.models import Bundle, ModelVariant, ModelVersion
+from cloud.services.onnx_schema import onnx_io_schema, single_file_variant
 from cloud.validation import check_model_name, check_version
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ def register_stored(
             created_at=clock(),
         )
         session.add(row)
+        session.flush()
+        # A pushed file is a one-variant version: its variant is what devices are assigned.
+        session.add(single_file_variant(store.path(info.sha256), row, clock()))
         try:
             session.commit()
         except IntegrityError as e:
@@ -97,7 +100,7 @@ def register_stored(
 
 
 def _discard_unreferenced(session: Session, store: ArtifactStore, sha256: str) -> None:
-    if session.exec(select(ModelVersion.id).where(ModelVersion.sha256 == sha256)).first() is None:
+    if not is_registered_artifact(session, sha256):
         store.delete(sha256)
 
 
@@ -122,5 +125,12 @@ def list_models(session: Session, name: str | None = None) -> list[ModelVersion]
 
 
 def is_registered_artifact(session: Session, sha256: str) -> bool:
-    """Whether some model version pins this artifact (only those are served to devices)."""
-    return session.exec(select(ModelVersion.id).where(ModelVersion.sha256 == sha256)).first() is not None
+    """Whether some model version, variant or bundle profile pins this artifact (only those are served)."""
+    for query in (
+        select(ModelVersion.id).where(ModelVersion.sha256 == sha256),
+        select(ModelVariant.id).where(ModelVariant.sha256 == sha256),
+        select(Bundle.model_version_id).where(Bundle.profile_sha256 == sha256),
+    ):
+        if session.exec(query).first() is not None:
+            return True
+    return False

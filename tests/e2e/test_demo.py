@@ -33,6 +33,11 @@ def test_demo_with_mosquitto(mqtt_broker: tuple[str, int], short_tmp: Path) -> N
     text = console.export_text()
     assert "local API predictions" in text
     assert "6/6 devices serve the pushed model" in text
+    # The bad version: every device that tried it rolled it back on its own, and no request failed.
+    rollback = summary["rollback"]
+    assert rollback["devices"] >= 1 and rollback["rolled_back"] == rollback["devices"]
+    assert rollback["failed_requests"] == 0 and rollback["gates"] == ["divergence"]
+    assert "rollbacks the hub recorded" in text and "does not offer" in text
 
 
 def test_demo_with_embedded_broker(short_tmp: Path) -> None:
@@ -45,3 +50,4 @@ def test_demo_with_embedded_broker(short_tmp: Path) -> None:
         broker.stop()
     assert summary["in_sync"] == 3
     assert "embedded" in summary["broker"]
+    assert summary["rollback"]["rolled_back"] == summary["rollback"]["devices"]

@@ -70,7 +70,9 @@ def test_agent_process_lifecycle(mqtt_broker: tuple[str, int], fleet_name: str, 
         assert birth.capabilities.disk_free_bytes > 0
 
         with grpc.insecure_channel(f"unix:{state_dir / 'agent.sock'}") as channel:
-            info = inference_pb2_grpc.InferenceServiceStub(channel).Info(inference_pb2.InfoRequest(), timeout=10)
+            info = inference_pb2_grpc.InferenceServiceStub(channel).Info(
+                inference_pb2.InfoRequest(), timeout=10
+            )
         assert info.device_id == "proc-1"
         assert not info.HasField("model")
 

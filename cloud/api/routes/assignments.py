@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep
-from cloud.schemas import AssignedDevice, AssignmentCreate, AssignmentsPublic
+from cloud.schemas import AssignedDevice, AssignmentCreate, AssignmentsPublic, SkippedDevice
 from cloud.services import assignments
+from cloud.services.rollbacks import RefusedDevice
 
 router = APIRouter(prefix="/assignments", tags=["assignments"])
 
@@ -21,7 +22,12 @@ router = APIRouter(prefix="/assignments", tags=["assignments"])
 def create_assignment(
     body: AssignmentCreate, ctx: ContextDep, session: SessionDep, _token: OperatorDep
 ) -> AssignmentsPublic:
-    """Publish a new desired state (generation + 1) to each chosen device."""
+    """Publish a new desired state (generation + 1) to each chosen device.
+
+    Devices that rolled this version back are never offered it again: naming one is a 409;
+    one chosen by labels is left out and listed under ``skipped``.
+    """
+    skipped: list[RefusedDevice] = []
     rows = assignments.assign(
         session,
         ctx.publisher,
@@ -32,6 +38,9 @@ def create_assignment(
         fleet=ctx.settings.fleet,
         artifact_endpoint=ctx.artifact_endpoint,
         clock=ctx.clock,
+        signing=ctx.signing,
+        skipped=skipped,
     )
     assigned = [AssignedDevice(device_id=r.device_id, generation=r.generation) for r in rows]
-    return AssignmentsPublic(assigned=assigned, count=len(assigned))
+    left_out = [SkippedDevice(device_id=s.device_id, reason=s.reason) for s in skipped]
+    return AssignmentsPublic(assigned=assigned, count=len(assigned), skipped=left_out)

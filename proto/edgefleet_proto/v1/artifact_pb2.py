@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!edgefleet_proto/v1/artifact.proto\x12\x0c\x65\x64gefleet.v1\"\x1d\n\x0bStatRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\".\n\x0c\x41rtifactInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\"U\n\x0c\x46\x65tchRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x11\n\tdevice_id\x18\x04 \x01(\t\"C\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0ctotal_length\x18\x03 \x01(\x04\x32\x94\x01\n\x0f\x41rtifactService\x12=\n\x04Stat\x12\x19.edgefleet.v1.StatRequest\x1a\x1a.edgefleet.v1.ArtifactInfo\x12\x42\n\x05\x46\x65tch\x12\x1a.edgefleet.v1.FetchRequest\x1a\x1b.edgefleet.v1.ArtifactChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!edgefleet_proto/v1/artifact.proto\x12\x0c\x65\x64gefleet.v1\"\x1d\n\x0bStatRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\".\n\x0c\x41rtifactInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\"U\n\x0c\x46\x65tchRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x11\n\tdevice_id\x18\x04 \x01(\t\"C\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0ctotal_length\x18\x03 \x01(\x04\"B\n\x0fMetadataRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tdevice_id\x18\x03 \x01(\t2\xe3\x01\n\x0f\x41rtifactService\x12=\n\x04Stat\x12\x19.edgefleet.v1.StatRequest\x1a\x1a.edgefleet.v1.ArtifactInfo\x12\x42\n\x05\x46\x65tch\x12\x1a.edgefleet.v1.FetchRequest\x1a\x1b.edgefleet.v1.ArtifactChunk0\x01\x12M\n\rFetchMetadata\x12\x1d.edgefleet.v1.MetadataRequest\x1a\x1b.edgefleet.v1.ArtifactChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FETCHREQUEST']._serialized_end=215
   _globals['_ARTIFACTCHUNK']._serialized_start=217
   _globals['_ARTIFACTCHUNK']._serialized_end=284
-  _globals['_ARTIFACTSERVICE']._serialized_start=287
-  _globals['_ARTIFACTSERVICE']._serialized_end=435
+  _globals['_METADATAREQUEST']._serialized_start=286
+  _globals['_METADATAREQUEST']._serialized_end=352
+  _globals['_ARTIFACTSERVICE']._serialized_start=355
+  _globals['_ARTIFACTSERVICE']._serialized_end=582
 # @@protoc_insertion_point(module_scope)

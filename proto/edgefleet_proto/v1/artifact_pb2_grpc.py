@@ -46,6 +46,11 @@ class ArtifactServiceStub:
                 request_serializer=edgefleet__proto_dot_v1_dot_artifact__pb2.FetchRequest.SerializeToString,
                 response_deserializer=edgefleet__proto_dot_v1_dot_artifact__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
+        self.FetchMetadata = channel.unary_stream(
+                '/edgefleet.v1.ArtifactService/FetchMetadata',
+                request_serializer=edgefleet__proto_dot_v1_dot_artifact__pb2.MetadataRequest.SerializeToString,
+                response_deserializer=edgefleet__proto_dot_v1_dot_artifact__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -65,6 +70,15 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchMetadata(self, request, context):
+        """TUF metadata of the update repository ("timestamp.json", "3.root.json", "7.targets.json"),
+        the same files /tuf/metadata/ serves over HTTP. Resumable like Fetch. TUF targets are
+        content-addressed artifacts: devices fetch them with Fetch by their sha256.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +90,11 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
             'Fetch': grpc.unary_stream_rpc_method_handler(
                     servicer.Fetch,
                     request_deserializer=edgefleet__proto_dot_v1_dot_artifact__pb2.FetchRequest.FromString,
+                    response_serializer=edgefleet__proto_dot_v1_dot_artifact__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'FetchMetadata': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchMetadata,
+                    request_deserializer=edgefleet__proto_dot_v1_dot_artifact__pb2.MetadataRequest.FromString,
                     response_serializer=edgefleet__proto_dot_v1_dot_artifact__pb2.ArtifactChunk.SerializeToString,
             ),
     }
@@ -134,6 +153,33 @@ class ArtifactService:
             target,
             '/edgefleet.v1.ArtifactService/Fetch',
             edgefleet__proto_dot_v1_dot_artifact__pb2.FetchRequest.SerializeToString,
+            edgefleet__proto_dot_v1_dot_artifact__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgefleet.v1.ArtifactService/FetchMetadata',
+            edgefleet__proto_dot_v1_dot_artifact__pb2.MetadataRequest.SerializeToString,
             edgefleet__proto_dot_v1_dot_artifact__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,

@@ -37,6 +37,11 @@ class ArtifactServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ArtifactServiceAsyncStub: ...
     Stat: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.StatRequest, _artifact_pb2.ArtifactInfo]
     Fetch: _grpc.UnaryStreamMultiCallable[_artifact_pb2.FetchRequest, _artifact_pb2.ArtifactChunk]
+    FetchMetadata: _grpc.UnaryStreamMultiCallable[_artifact_pb2.MetadataRequest, _artifact_pb2.ArtifactChunk]
+    """TUF metadata of the update repository ("timestamp.json", "3.root.json", "7.targets.json"),
+    the same files /tuf/metadata/ serves over HTTP. Resumable like Fetch. TUF targets are
+    content-addressed artifacts: devices fetch them with Fetch by their sha256.
+    """
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -47,6 +52,11 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Stat: _aio.UnaryUnaryMultiCallable[_artifact_pb2.StatRequest, _artifact_pb2.ArtifactInfo]  # type: ignore[assignment]
     Fetch: _aio.UnaryStreamMultiCallable[_artifact_pb2.FetchRequest, _artifact_pb2.ArtifactChunk]  # type: ignore[assignment]
+    FetchMetadata: _aio.UnaryStreamMultiCallable[_artifact_pb2.MetadataRequest, _artifact_pb2.ArtifactChunk]  # type: ignore[assignment]
+    """TUF metadata of the update repository ("timestamp.json", "3.root.json", "7.targets.json"),
+    the same files /tuf/metadata/ serves over HTTP. Resumable like Fetch. TUF targets are
+    content-addressed artifacts: devices fetch them with Fetch by their sha256.
+    """
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     """Streams content-addressed artifacts from the hub. A broken download resumes
@@ -66,5 +76,16 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _artifact_pb2.FetchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_artifact_pb2.ArtifactChunk], _abc.AsyncIterator[_artifact_pb2.ArtifactChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def FetchMetadata(
+        self,
+        request: _artifact_pb2.MetadataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_artifact_pb2.ArtifactChunk], _abc.AsyncIterator[_artifact_pb2.ArtifactChunk]]:
+        """TUF metadata of the update repository ("timestamp.json", "3.root.json", "7.targets.json"),
+        the same files /tuf/metadata/ serves over HTTP. Resumable like Fetch. TUF targets are
+        content-addressed artifacts: devices fetch them with Fetch by their sha256.
+        """
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -124,3 +124,66 @@ class Tensor(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Tensor: _TypeAlias = Tensor  # noqa: Y015
+
+@_typing.final
+class Signature(_message.Message):
+    """One signature over a payload: the key's TUF key id and the raw signature bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYID_FIELD_NUMBER: _builtins.int
+    SIG_FIELD_NUMBER: _builtins.int
+    keyid: _builtins.str
+    sig: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        keyid: _builtins.str = ...,
+        sig: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyid", b"keyid", "sig", b"sig"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Signature: _TypeAlias = Signature  # noqa: Y015
+
+@_typing.final
+class FirmwareRef(_message.Message):
+    """A firmware image, pinned by content. The bundle (manifest + payload) is a TUF target at
+    `target`; `sha256` and `length` are those of the bundle file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    HARDWARE_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    hardware_id: _builtins.str
+    """The hardware the image is built for; a device refuses an image for other hardware."""
+    target: _builtins.str
+    sha256: _builtins.str
+    length: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        hardware_id: _builtins.str = ...,
+        target: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hardware_id", b"hardware_id", "length", b"length", "name", b"name", "sha256", b"sha256", "target", b"target", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FirmwareRef: _TypeAlias = FirmwareRef  # noqa: Y015

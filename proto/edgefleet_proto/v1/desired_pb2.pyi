@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from edgefleet_proto.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -31,6 +33,11 @@ class DesiredState(_message.Message):
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     ARTIFACT_ENDPOINT_FIELD_NUMBER: _builtins.int
+    COUNTER_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    MODEL_TARGET_FIELD_NUMBER: _builtins.int
+    FIRMWARE_FIELD_NUMBER: _builtins.int
+    PROFILE_TARGET_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     generation: _builtins.int
@@ -40,9 +47,24 @@ class DesiredState(_message.Message):
     """gRPC target ("host:port") that serves the artifact; empty means the
     endpoint the agent was provisioned with.
     """
+    counter: _builtins.int
+    """--- Director fields: the signed-update channel (see SignedDesiredState). ---
+    Grows with every copy the hub signs for this device (a re-signed copy of the same state
+    included); a device refuses a counter below the last one it accepted.
+    """
+    expires_at_ms: _builtins.int
+    """The instruction is void after this instant."""
+    model_target: _builtins.str
+    """TUF target path of `model`; the repository must list it with the same length and sha256."""
+    profile_target: _builtins.str
+    """TUF target path of `model.profile` (the bundle's data profile), when it has one."""
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef:
         """The model the device should serve; unset means "keep what you have"."""
+
+    @_builtins.property
+    def firmware(self) -> _common_pb2.FirmwareRef:
+        """The firmware image the device should run; unset means "keep what you have"."""
 
     def __init__(
         self,
@@ -53,11 +75,43 @@ class DesiredState(_message.Message):
         issued_at_ms: _builtins.int = ...,
         model: _common_pb2.ModelRef | None = ...,
         artifact_endpoint: _builtins.str = ...,
+        counter: _builtins.int = ...,
+        expires_at_ms: _builtins.int = ...,
+        model_target: _builtins.str = ...,
+        firmware: _common_pb2.FirmwareRef | None = ...,
+        profile_target: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["firmware", b"firmware", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_endpoint", b"artifact_endpoint", "device_id", b"device_id", "fleet", b"fleet", "generation", b"generation", "issued_at_ms", b"issued_at_ms", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_endpoint", b"artifact_endpoint", "counter", b"counter", "device_id", b"device_id", "expires_at_ms", b"expires_at_ms", "firmware", b"firmware", "fleet", b"fleet", "generation", b"generation", "issued_at_ms", b"issued_at_ms", "model", b"model", "model_target", b"model_target", "profile_target", b"profile_target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DesiredState: _TypeAlias = DesiredState  # noqa: Y015
+
+@_typing.final
+class SignedDesiredState(_message.Message):
+    """What the desired topic carries: a serialized DesiredState and the director's signatures
+    over exactly those bytes. The director keys are listed in the TUF root the device trusts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
+    payload: _builtins.bytes
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Signature]: ...
+    def __init__(
+        self,
+        *,
+        payload: _builtins.bytes = ...,
+        signatures: _abc.Iterable[_common_pb2.Signature] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "signatures", b"signatures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedDesiredState: _TypeAlias = SignedDesiredState  # noqa: Y015

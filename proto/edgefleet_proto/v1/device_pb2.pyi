@@ -92,7 +92,7 @@ class Slot(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """"active" (serving), "previous" (kept for rollback)."""
+    """"active" (serving), "previous" (kept for rollback), "trial" (the version being judged)."""
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef: ...
     def __init__(
@@ -145,6 +145,12 @@ class DeviceStatus(_message.Message):
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     APPLIED_GENERATION_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    TRIAL_FIELD_NUMBER: _builtins.int
+    DROPPED_MESSAGES_FIELD_NUMBER: _builtins.int
+    QUEUED_MESSAGES_FIELD_NUMBER: _builtins.int
+    FIRMWARE_VERSION_FIELD_NUMBER: _builtins.int
+    FIRMWARE_SLOT_FIELD_NUMBER: _builtins.int
+    TRUSTED_ROOT_VERSION_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     state: Global___DeviceState.ValueType
@@ -154,12 +160,26 @@ class DeviceStatus(_message.Message):
     """Generation of the last desired state the agent has acted upon (0: none)."""
     health: _builtins.str
     """Short human-readable health summary ("serving", "idle", "degraded: ...")."""
+    dropped_messages: _builtins.int
+    """Messages the device's bounded on-disk queue dropped (oldest first) because it was full."""
+    queued_messages: _builtins.int
+    """Messages waiting in that queue for the broker's acknowledgement."""
+    firmware_version: _builtins.str
+    """Signed-update channel and firmware (numbered from 30 on)."""
+    firmware_slot: _builtins.str
+    """"a" or "b": the firmware slot the device runs; empty without firmware slots."""
+    trusted_root_version: _builtins.int
+    """Version of the TUF root the device trusts (0: none installed)."""
     @_builtins.property
     def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slot]: ...
     @_builtins.property
     def capabilities(self) -> Global___Capabilities: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def trial(self) -> Global___TrialStatus:
+        """Set while a new version is on trial."""
+
     def __init__(
         self,
         *,
@@ -173,11 +193,57 @@ class DeviceStatus(_message.Message):
         sent_at_ms: _builtins.int = ...,
         applied_generation: _builtins.int = ...,
         health: _builtins.str = ...,
+        trial: Global___TrialStatus | None = ...,
+        dropped_messages: _builtins.int = ...,
+        queued_messages: _builtins.int = ...,
+        firmware_version: _builtins.str = ...,
+        firmware_slot: _builtins.str = ...,
+        trusted_root_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "trial", b"trial"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "applied_generation", b"applied_generation", "capabilities", b"capabilities", "device_id", b"device_id", "fleet", b"fleet", "health", b"health", "labels", b"labels", "sent_at_ms", b"sent_at_ms", "slots", b"slots", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "applied_generation", b"applied_generation", "capabilities", b"capabilities", "device_id", b"device_id", "dropped_messages", b"dropped_messages", "firmware_slot", b"firmware_slot", "firmware_version", b"firmware_version", "fleet", b"fleet", "health", b"health", "labels", b"labels", "queued_messages", b"queued_messages", "sent_at_ms", b"sent_at_ms", "slots", b"slots", "state", b"state", "trial", b"trial", "trusted_root_version", b"trusted_root_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeviceStatus: _TypeAlias = DeviceStatus  # noqa: Y015
+
+@_typing.final
+class TrialStatus(_message.Message):
+    """A version judged on live traffic while the previous version stays loaded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    STARTED_AT_MS_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    WINDOW_REQUESTS_FIELD_NUMBER: _builtins.int
+    WINDOW_ENDS_AT_MS_FIELD_NUMBER: _builtins.int
+    mode: _builtins.str
+    """"serve" (the new version answers) or "shadow" (the previous one answers; the new one runs beside it)."""
+    started_at_ms: _builtins.int
+    requests: _builtins.int
+    """Requests judged so far, and how many end the trial."""
+    window_requests: _builtins.int
+    window_ends_at_ms: _builtins.int
+    """The trial ends at this instant at the latest (0: no time limit)."""
+    @_builtins.property
+    def model(self) -> _common_pb2.ModelRef: ...
+    def __init__(
+        self,
+        *,
+        model: _common_pb2.ModelRef | None = ...,
+        mode: _builtins.str = ...,
+        started_at_ms: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        window_requests: _builtins.int = ...,
+        window_ends_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "model", b"model", "requests", b"requests", "started_at_ms", b"started_at_ms", "window_ends_at_ms", b"window_ends_at_ms", "window_requests", b"window_requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrialStatus: _TypeAlias = TrialStatus  # noqa: Y015

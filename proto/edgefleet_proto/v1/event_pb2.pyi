@@ -42,6 +42,26 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """malformed or inapplicable desired state"""
     EVENT_KIND_ROLLED_BACK: _EventKind.ValueType  # 9
     EVENT_KIND_ERROR: _EventKind.ValueType  # 10
+    EVENT_KIND_TRUST_UPDATED: _EventKind.ValueType  # 40
+    """Signed-update channel and firmware (numbered from 40 on).
+    the trusted TUF root moved to a newer version
+    """
+    EVENT_KIND_FIRMWARE_INSTALLED: _EventKind.ValueType  # 41
+    """image written to the inactive slot and verified"""
+    EVENT_KIND_FIRMWARE_REBOOTING: _EventKind.ValueType  # 42
+    """switching slots: the agent restarts"""
+    EVENT_KIND_FIRMWARE_BOOTED: _EventKind.ValueType  # 43
+    """started on a slot on trial (details: boot_count)"""
+    EVENT_KIND_FIRMWARE_COMMITTED: _EventKind.ValueType  # 44
+    """health check passed: the new slot is permanent"""
+    EVENT_KIND_FIRMWARE_ROLLED_BACK: _EventKind.ValueType  # 45
+    """too many failed boots: back on the old slot"""
+    EVENT_KIND_FIRMWARE_FAILED: _EventKind.ValueType  # 46
+    """download, verification or install failed"""
+    EVENT_KIND_TRIAL_STARTED: _EventKind.ValueType  # 11
+    """a new version is on trial (details: mode, window)"""
+    EVENT_KIND_COMMITTED: _EventKind.ValueType  # 12
+    """the trial passed; the version is kept (details: measured figures)"""
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper): ...
 
@@ -61,6 +81,26 @@ EVENT_KIND_DESIRED_REJECTED: EventKind.ValueType  # 8
 """malformed or inapplicable desired state"""
 EVENT_KIND_ROLLED_BACK: EventKind.ValueType  # 9
 EVENT_KIND_ERROR: EventKind.ValueType  # 10
+EVENT_KIND_TRUST_UPDATED: EventKind.ValueType  # 40
+"""Signed-update channel and firmware (numbered from 40 on).
+the trusted TUF root moved to a newer version
+"""
+EVENT_KIND_FIRMWARE_INSTALLED: EventKind.ValueType  # 41
+"""image written to the inactive slot and verified"""
+EVENT_KIND_FIRMWARE_REBOOTING: EventKind.ValueType  # 42
+"""switching slots: the agent restarts"""
+EVENT_KIND_FIRMWARE_BOOTED: EventKind.ValueType  # 43
+"""started on a slot on trial (details: boot_count)"""
+EVENT_KIND_FIRMWARE_COMMITTED: EventKind.ValueType  # 44
+"""health check passed: the new slot is permanent"""
+EVENT_KIND_FIRMWARE_ROLLED_BACK: EventKind.ValueType  # 45
+"""too many failed boots: back on the old slot"""
+EVENT_KIND_FIRMWARE_FAILED: EventKind.ValueType  # 46
+"""download, verification or install failed"""
+EVENT_KIND_TRIAL_STARTED: EventKind.ValueType  # 11
+"""a new version is on trial (details: mode, window)"""
+EVENT_KIND_COMMITTED: EventKind.ValueType  # 12
+"""the trial passed; the version is kept (details: measured figures)"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final

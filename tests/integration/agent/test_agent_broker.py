@@ -24,10 +24,11 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.client import LocalClient
 from edge_agent.config import AgentConfig, BackoffConfig, LocalApiConfig, TelemetryConfig
+from edge_agent.trust.config import TrustConfig
 from edgefleet_proto.v1 import command_pb2, desired_pb2, device_pb2, event_pb2
 from tests.integration.agent.observer import Observer
 from tests.unit.agent.artifact_server import DictArtifactService, start_artifact_server
-from tests.unit.agent.fakes import expected_output, linear_model, ref_for
+from tests.unit.agent.fakes import NO_TRIAL, expected_output, linear_model, ref_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +36,8 @@ K = event_pb2.EventKind
 ONLINE, OFFLINE = device_pb2.DEVICE_STATE_ONLINE, device_pb2.DEVICE_STATE_OFFLINE
 V1, V2 = linear_model(1.0), linear_model(2.0)
 REF1, REF2 = ref_for(V1, version="1"), ref_for(V2, version="2")
+
+UNSIGNED = TrustConfig(require_signed=False)
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 45) -> Any:
@@ -51,11 +54,13 @@ def agent_config(root: Path, fleet: str, broker: tuple[str, int], endpoint: str)
         grpc_endpoint=endpoint,
         labels={"site": "lab"},
         backoff=BackoffConfig(initial_s=0.05, max_s=0.3),
+        trust=UNSIGNED,  # bare desired states; tests/adversarial/test_broker_attacks.py covers signed ones
     )
     return replace(
         base,
         local_api=LocalApiConfig(socket=root / "agent.sock"),
         telemetry=TelemetryConfig(interval_s=0.3),
+        trial=NO_TRIAL,
     )
 
 

@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from cloud.hub import Hub
+from cloud.services.director import open_envelope
 from cloud.settings import Settings
 from edgefleet_proto.topics import FleetTopics
-from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc, desired_pb2
+from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc
 from tests.integration.cloud.mqtt_probe import Probe, read_retained, wait_for
 from tests.unit.cloud.helpers import status, tiny_onnx
 
@@ -49,8 +50,9 @@ def test_hub_end_to_end(hub: Hub, mqtt_broker: tuple[str, int], fleet_name: str)
         wait_for(lambda: api.get("/api/v1/devices").json()["count"] == 1)
 
         r = api.post("/api/v1/assignments", json={"model": "digits", "version": "1", "devices": ["edge-1"]})
-        assert r.json() == {"assigned": [{"device_id": "edge-1", "generation": 1}], "count": 1}
-        desired = desired_pb2.DesiredState.FromString(read_retained(*mqtt_broker, topics.desired))
+        assert r.json() == {"assigned": [{"device_id": "edge-1", "generation": 1}], "count": 1, "skipped": []}
+        # The desired topic carries the director's signed envelope.
+        desired = open_envelope(read_retained(*mqtt_broker, topics.desired))
         assert (desired.generation, desired.model.sha256, desired.artifact_endpoint) == (
             1,
             mv["sha256"],

@@ -24,6 +24,8 @@ class DictArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
     chunk: int = 64
     break_once: set[str] = field(default_factory=set)
     stall: set[str] = field(default_factory=set)
+    # Paces every stream (a slow link), so that a test can catch a download half way.
+    chunk_delay_s: float = 0.0
     requests: list[artifact_pb2.FetchRequest] = field(default_factory=list)
 
     def add(self, data: bytes, *, sha256: str | None = None) -> str:
@@ -58,6 +60,8 @@ class DictArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
             pos += len(piece)
             if request.sha256 in self.stall:
                 await asyncio.Event().wait()  # hangs until the client gives up and cancels
+            if self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)  # the link's pace, not a wait for an event
 
 
 async def start_artifact_server(service: DictArtifactService) -> tuple[grpc.aio.Server, str]:

@@ -3,7 +3,10 @@
 - ``FakeClock``: time that moves only when a test says so.
 - ``FakeFetcher``: a hub that serves artifacts from a dict, records every fetch,
   and can break a stream part way, once, to exercise resume.
+- ``FakeResources``: disk and memory figures a test sets (a full disk, no memory).
 - ``linear_model``: a valid ONNX file (y = x @ W + b, input "x" float32 [N, 4]).
+- ``classifier_model``: 4-class ONNX models that answer well, badly, or with NaN.
+- ``NO_TRIAL``: trial settings that commit at once, for tests about everything but trials.
 """
 
 from __future__ import annotations
@@ -17,12 +20,28 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_agent.config import TrialConfig
 from edge_agent.errors import HubUnavailableError
 from edge_agent.fetcher import write_chunks_from
 from edgefleet_proto.v1 import common_pb2
 
 IN_FEATURES = 4
 OUT_FEATURES = 2
+NO_TRIAL = TrialConfig(window_requests=0, window_s=0)
+
+
+@dataclass
+class FakeResources:
+    """Free disk and available memory as the test says (plenty unless told otherwise)."""
+
+    disk: int = 1 << 40
+    memory: int = 1 << 40
+
+    def disk_free(self, path: Path) -> int:
+        return self.disk
+
+    def memory_available(self) -> int:
+        return self.memory
 
 
 class FakeClock:
@@ -118,3 +137,46 @@ class FakeFetcher:
             piece = data[pos : pos + self.chunk]
             yield pos, piece
             pos += len(piece)
+
+
+CLASSES = 4
+
+
+def classifier_model(kind: str) -> bytes:
+    """ONNX bytes for a 4-class "classifier" on x float32 [N, 4]: y = x @ W + b, logits [N, 4].
+
+    - ``identity``: the class is the argmax of the input (a good model)
+    - ``scaled``: the same answers from other bytes (a good new version)
+    - ``constant``: always class 2, whatever the input (garbage outputs)
+    - ``shifted``: class (argmax + 1) % 4: the same class shares, every answer different
+    - ``nan``: NaN in every output
+    """
+    eye = np.eye(CLASSES, dtype=np.float32)
+    weights = {
+        "identity": (eye, np.zeros(CLASSES, np.float32)),
+        "scaled": (2 * eye, np.zeros(CLASSES, np.float32)),
+        "constant": (np.zeros((CLASSES, CLASSES), np.float32), 10 * eye[2]),
+        "shifted": (np.roll(eye, 1, axis=1), np.zeros(CLASSES, np.float32)),
+        "nan": (eye, np.full(CLASSES, np.nan, np.float32)),
+    }
+    w, b = weights[kind]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["y"]),
+        ],
+        f"classifier_{kind}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", CLASSES])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", CLASSES])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def one_hot_rows(classes: list[int]) -> np.ndarray:
+    """Inputs whose argmax is the given class, one row per entry."""
+    x = np.zeros((len(classes), CLASSES), np.float32)
+    x[np.arange(len(classes)), classes] = 1.0
+    return x

@@ -17,12 +17,22 @@ import pytest
 from edge_agent.agent import AGENT_VERSION, Agent
 from edge_agent.config import AgentConfig
 from edge_agent.errors import InputError, NoModelError
+from edge_agent.trust.config import TrustConfig
 from edgefleet_proto.v1 import command_pb2, desired_pb2, device_pb2, event_pb2, telemetry_pb2
-from tests.unit.agent.fakes import FakeClock, FakeFetcher, expected_output, linear_model, ref_for
+from tests.unit.agent.fakes import (
+    NO_TRIAL,
+    FakeClock,
+    FakeFetcher,
+    expected_output,
+    linear_model,
+    ref_for,
+)
 
 K = event_pb2.EventKind
 V1, V2 = linear_model(1.0), linear_model(2.0)
 REF1, REF2 = ref_for(V1, version="1"), ref_for(V2, version="2")
+
+UNSIGNED = TrustConfig(require_signed=False)
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -34,7 +44,12 @@ def make_agent(state_dir: Path, clock: FakeClock | None = None) -> Agent:
     fetcher.add(V1)
     fetcher.add(V2)
     config = AgentConfig.for_simulation(
-        device_id="dev-1", fleet="f1", state_dir=state_dir, labels={"site": "lab"}
+        device_id="dev-1",
+        fleet="f1",
+        state_dir=state_dir,
+        labels={"site": "lab"},
+        trial=NO_TRIAL,
+        trust=UNSIGNED,  # these tests feed bare desired states; tests/adversarial covers signed ones
     )
     return Agent(config, clock=clock or FakeClock(), fetcher=fetcher)
 
@@ -134,8 +149,9 @@ def test_events_are_numbered_in_order_with_the_device_and_time(tmp_path: Path) -
             K.EVENT_KIND_DOWNLOAD_STARTED,
             K.EVENT_KIND_DOWNLOAD_COMPLETED,
             K.EVENT_KIND_ACTIVATED,
+            K.EVENT_KIND_COMMITTED,
         ]
-        assert [e.seq for e in got] == [1, 2, 3]
+        assert [e.seq for e in got] == [1, 2, 3, 4]
         assert all(e.device_id == "dev-1" and e.ts_ms == 42_000 and e.generation == 1 for e in got)
 
     run(scenario())
@@ -168,6 +184,7 @@ def test_a_restart_serves_the_recorded_model_again(tmp_path: Path) -> None:
         first = make_agent(tmp_path)
         await apply(first, REF1, 1)
         await apply(first, REF2, 2)
+        events(first)  # the broker took them
         second = make_agent(tmp_path)
         await second.restore()
         assert second.active_model is not None and second.active_model.ref == REF2
@@ -183,6 +200,7 @@ def test_a_damaged_active_artifact_falls_back_to_the_previous_model_and_is_repai
         await apply(first, REF1, 1)
         await apply(first, REF2, 2)
         first.store.path_for(REF2.sha256).write_bytes(b"\0" * REF2.length)  # disk rot while powered off
+        events(first)
         second = make_agent(tmp_path)
         await second.restore()
         assert second.active_model is not None and second.active_model.ref == REF1

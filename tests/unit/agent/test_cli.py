@@ -23,7 +23,9 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["simulate", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["simulate", "--help"], ["status", "--help"]]
+)
 def test_help_is_available_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)

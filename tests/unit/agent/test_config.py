@@ -45,6 +45,30 @@ def test_minimal_config_gets_safe_defaults_and_relative_paths_follow_the_file(tm
     assert cfg.limits.max_artifact_bytes == 256 * 1024 * 1024
 
 
+def test_update_trial_queue_and_metrics_defaults_are_the_safe_ones(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.trial.mode == "serve" and cfg.trial.enabled
+    assert (cfg.trial.window_requests, cfg.trial.window_s, cfg.trial.max_restarts) == (200, 60.0, 2)
+    assert cfg.update.max_state_saves == 30
+    assert (
+        cfg.queue.path == tmp_path.resolve() / "state" / "queue.sqlite" and cfg.queue.max_messages == 10_000
+    )
+    assert cfg.metrics.port == 0
+    assert cfg.limits.min_free_disk_bytes == 16 * 1024 * 1024
+
+
+def test_example_config_sets_a_trial_a_queue_and_metrics() -> None:
+    cfg = load_config(REPO / "deploy" / "agent.example.toml")
+    assert cfg.trial.mode == "serve" and cfg.trial.window_requests == 200
+    assert cfg.queue.path == Path("/var/lib/edgefleet/queue.sqlite") and cfg.queue.sync == "normal"
+    assert cfg.metrics.port == 9464
+
+
+def test_an_empty_queue_path_keeps_the_queue_in_memory(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL + '[queue]\npath = ""\n[trial]\nmode = "shadow"\n'))
+    assert cfg.queue.path is None and cfg.trial.mode == "shadow"
+
+
 def test_empty_socket_disables_the_unix_listener(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, MINIMAL + '[local_api]\nsocket = ""\ntcp_port = 7001\n'))
     assert cfg.local_api.socket is None
@@ -67,6 +91,15 @@ def test_empty_socket_disables_the_unix_listener(tmp_path: Path) -> None:
         ("[runtime]\nintra_op_threads = 0\n", "runtime.intra_op_threads: expected >= 1, got 0"),
         ("[labels]\nsite = 3\n", "labels.site: expected a string, got int 3"),
         ("colour = 1\n", "unknown key 'colour' in the top level"),
+        ('[trial]\nmode = "canary"\n', "trial.mode: expected one of ['serve', 'shadow'], got 'canary'"),
+        ("[trial]\nmax_divergence = 1.5\n", "trial.max_divergence: expected a fraction in 0..1, got 1.5"),
+        ("[trial]\nmax_latency_ratio = 0.5\n", "trial.max_latency_ratio: expected >= 1, got 0.5"),
+        ("[trial]\nwindow_requests = -1\n", "trial.window_requests: expected >= 0, got -1"),
+        ("[update]\nmax_state_saves = 2\n", "update.max_state_saves: expected >= 5"),
+        ('[queue]\nsync = "sometimes"\n', "queue.sync: expected 'normal' or 'full', got 'sometimes'"),
+        ("[queue]\nmax_messages = 0\n", "queue.max_messages: expected >= 1, got 0"),
+        ("[metrics]\nport = 70000\n", "metrics.port: expected a port in 1..65535, got 70000"),
+        ("[limits]\nmin_free_disk_bytes = -1\n", "limits.min_free_disk_bytes: expected >= 0, got -1"),
         ("mqtt = 1\n", "mqtt: expected a table, got int 1"),
     ],
 )

@@ -26,11 +26,14 @@ from edge_agent.client import InvalidInputError, LocalClient, NoModelServingErro
 from edge_agent.config import AgentConfig, LocalApiConfig
 from edge_agent.errors import AgentError
 from edge_agent.server import INFERENCE_SERVICE
+from edge_agent.trust.config import TrustConfig
 from edgefleet_proto.v1 import desired_pb2
-from tests.unit.agent.fakes import FakeClock, FakeFetcher, expected_output, linear_model, ref_for
+from tests.unit.agent.fakes import NO_TRIAL, FakeClock, FakeFetcher, expected_output, linear_model, ref_for
 
 V1 = linear_model(1.5)
 REF1 = ref_for(V1, version="1")
+
+UNSIGNED = TrustConfig(require_signed=False)
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -40,7 +43,9 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 def make_agent(root: Path, *, socket_path: Path | None = None, tcp_port: int = 0) -> Agent:
     fetcher = FakeFetcher()
     fetcher.add(V1)
-    config = AgentConfig.for_simulation(device_id="dev-1", fleet="f1", state_dir=root / "state")
+    config = AgentConfig.for_simulation(
+        device_id="dev-1", fleet="f1", state_dir=root / "state", trial=NO_TRIAL, trust=UNSIGNED
+    )
     config = replace(config, local_api=LocalApiConfig(socket=socket_path, tcp_port=tcp_port))
     return Agent(config, clock=FakeClock(), fetcher=fetcher)
 

@@ -28,7 +28,7 @@ def test_state_round_trips_through_the_file(tmp_path: Path) -> None:
     # Nothing but the state file is left behind: the temp file was renamed over it.
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
     data = json.loads((tmp_path / "state.json").read_text())
-    assert data["active"]["length"] == 1 and data["version"] == 1
+    assert data["active"]["length"] == 1 and data["version"] == 2
 
 
 def test_a_missing_file_is_an_empty_state_without_complaint(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_a_missing_file_is_an_empty_state_without_complaint(tmp_path: Path) -> N
     [
         ("{not json", "is corrupt"),
         ("[]", "expected a JSON object"),
-        ('{"version": 99}', "version: expected 1, got 99"),
+        ('{"version": 99}', "version: expected one of [1, 2], got 99"),
         (
             '{"version": 1, "active": {"name": "m", "version": "1", "format": "onnx", "sha256": "../x",'
             ' "length": 3}, "applied_generation": 1, "next_event_seq": 1, "next_telemetry_seq": 1}',

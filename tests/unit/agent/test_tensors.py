@@ -65,3 +65,23 @@ def test_mismatched_inputs_say_what_the_model_expects(inputs: dict[str, np.ndarr
     with pytest.raises(InputError) as info:
         check_inputs([SPEC_X], inputs)
     assert message in str(info.value)
+
+
+def test_the_prepared_input_check_agrees_with_the_full_one() -> None:
+    from edge_agent.tensors import InputCheck
+
+    specs = [TensorSpec("x", "float32", (-1, 4))]
+    check = InputCheck(specs)
+    x = np.ones((2, 4), np.float32)
+    assert check({"x": x})["x"] is x  # no copy on the fast path
+    assert check({"": x})["x"] is x
+    for bad, message in [
+        ({"x": np.ones((2, 4), np.float64)}, "expected dtype float32, got float64"),
+        ({"x": np.ones((2, 5), np.float32)}, "expected shape [-1, 4], got [2, 5]"),
+        ({"x": np.ones((2, 4, 1), np.float32)}, "expected shape [-1, 4], got [2, 4, 1]"),
+        ({"y": x}, "missing ['x'], unexpected ['y']"),
+        ({"x": [[1.0, 2.0, 3.0, 4.0]]}, "expected dtype float32, got float64"),  # not converted for you
+    ]:
+        with pytest.raises(InputError) as info:
+            check(bad)
+        assert message in str(info.value)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from edge_agent.update_machine import (
+    RESTING,
     TRANSITIONS,
+    WORKING,
     IllegalTransitionError,
     UpdateEvent,
     UpdateMachine,
@@ -13,19 +15,41 @@ from edge_agent.update_machine import (
 )
 
 S, E = UpdateState, UpdateEvent
+TO_TRIAL = [S.DOWNLOADING, S.VERIFYING, S.LOADING, S.ACTIVATING, S.TRIAL]
 
 CASES = {
-    "fresh download": (
-        [E.FETCH, E.DONE, E.DONE, E.DONE, E.DONE],
-        [S.IDLE, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.ACTIVATING, S.IDLE],
+    "fresh download, trial passes": (
+        [E.FETCH, E.DONE, E.DONE, E.DONE, E.DONE, E.PASS, E.DONE],
+        [S.IDLE, *TO_TRIAL, S.COMMITTING, S.IDLE],
     ),
     "artifact already stored": (
-        [E.CACHED, E.DONE, E.DONE, E.DONE],
-        [S.IDLE, S.VERIFYING, S.LOADING, S.ACTIVATING, S.IDLE],
+        [E.CACHED, E.DONE, E.DONE, E.DONE, E.PASS, E.DONE],
+        [S.IDLE, S.VERIFYING, S.LOADING, S.ACTIVATING, S.TRIAL, S.COMMITTING, S.IDLE],
     ),
     "stored artifact damaged": (
-        [E.CACHED, E.CACHE_CORRUPT, E.DONE, E.DONE, E.DONE, E.DONE],
-        [S.IDLE, S.VERIFYING, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.ACTIVATING, S.IDLE],
+        [E.CACHED, E.CACHE_CORRUPT, E.DONE, E.DONE, E.DONE, E.DONE, E.PASS, E.DONE],
+        [S.IDLE, S.VERIFYING, *TO_TRIAL, S.COMMITTING, S.IDLE],
+    ),
+    "trial fails a gate": (
+        [E.FETCH, E.DONE, E.DONE, E.DONE, E.DONE, E.REJECT, E.DONE],
+        [S.IDLE, *TO_TRIAL, S.ROLLING_BACK, S.ROLLED_BACK],
+    ),
+    "unexpected error while judging rolls back": (
+        [E.CACHED, E.DONE, E.DONE, E.DONE, E.FAIL, E.DONE],
+        [S.IDLE, S.VERIFYING, S.LOADING, S.ACTIVATING, S.TRIAL, S.ROLLING_BACK, S.ROLLED_BACK],
+    ),
+    "commit cannot be saved": (
+        [E.CACHED, E.DONE, E.DONE, E.DONE, E.PASS, E.FAIL, E.DONE],
+        [S.IDLE, S.VERIFYING, S.LOADING, S.ACTIVATING, S.TRIAL, S.COMMITTING, S.ROLLING_BACK, S.ROLLED_BACK],
+    ),
+    "rollback whose record cannot be saved still ends the attempt": (
+        [E.CACHED, E.DONE, E.DONE, E.DONE, E.REJECT, E.FAIL],
+        [S.IDLE, S.VERIFYING, S.LOADING, S.ACTIVATING, S.TRIAL, S.ROLLING_BACK, S.ROLLED_BACK],
+    ),
+    "restart finds a crash-looping trial": ([E.REJECT, E.DONE], [S.IDLE, S.ROLLING_BACK, S.ROLLED_BACK]),
+    "state looping detected while downloading": (
+        [E.FETCH, E.LOOP, E.DONE],
+        [S.IDLE, S.DOWNLOADING, S.ROLLING_BACK, S.ROLLED_BACK],
     ),
     "refused before any I/O": ([E.FAIL], [S.IDLE, S.FAILED]),
     "download fails": ([E.FETCH, E.FAIL], [S.IDLE, S.DOWNLOADING, S.FAILED]),
@@ -34,22 +58,25 @@ CASES = {
         [E.FETCH, E.DONE, E.DONE, E.FAIL],
         [S.IDLE, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.FAILED],
     ),
-    "activation fails": (
+    "trial slot cannot be saved before the swap": (
         [E.CACHED, E.DONE, E.DONE, E.FAIL],
         [S.IDLE, S.VERIFYING, S.LOADING, S.ACTIVATING, S.FAILED],
     ),
-    "retry after failure": (
-        [E.FETCH, E.FAIL, E.RETRY, E.FETCH, E.DONE, E.DONE, E.DONE, E.DONE],
+    "retry after failure, a newer version after a rollback": (
+        [E.FETCH, E.FAIL, E.RETRY, E.CACHED, E.DONE, E.DONE, E.DONE, E.REJECT, E.DONE, E.RETRY, E.FETCH],
         [
             S.IDLE,
             S.DOWNLOADING,
             S.FAILED,
             S.IDLE,
-            S.DOWNLOADING,
             S.VERIFYING,
             S.LOADING,
             S.ACTIVATING,
+            S.TRIAL,
+            S.ROLLING_BACK,
+            S.ROLLED_BACK,
             S.IDLE,
+            S.DOWNLOADING,
         ],
     ),
 }
@@ -67,7 +94,14 @@ def test_each_chain_of_events_visits_the_expected_states(case: str) -> None:
 
 @pytest.mark.parametrize(
     ("state", "event"),
-    [(S.IDLE, E.DONE), (S.FAILED, E.FETCH), (S.DOWNLOADING, E.RETRY), (S.ACTIVATING, E.CACHE_CORRUPT)],
+    [
+        (S.IDLE, E.DONE),
+        (S.FAILED, E.FETCH),
+        (S.DOWNLOADING, E.RETRY),
+        (S.ACTIVATING, E.CACHE_CORRUPT),
+        (S.LOADING, E.PASS),
+        (S.ROLLED_BACK, E.DONE),
+    ],
 )
 def test_an_event_without_a_row_is_a_bug_and_says_what_is_allowed(
     state: UpdateState, event: UpdateEvent
@@ -80,7 +114,25 @@ def test_an_event_without_a_row_is_a_bug_and_says_what_is_allowed(
     assert machine.state is state
 
 
-def test_every_working_state_can_fail_and_failure_only_retries() -> None:
+def test_before_the_swap_failure_retries_and_from_the_swap_on_it_rolls_back() -> None:
     for state in (S.DOWNLOADING, S.VERIFYING, S.LOADING, S.ACTIVATING):
         assert TRANSITIONS[(state, E.FAIL)] is S.FAILED
+    for state in (S.TRIAL, S.COMMITTING):
+        assert TRANSITIONS[(state, E.FAIL)] is S.ROLLING_BACK
     assert [e for (s, e) in TRANSITIONS if s is S.FAILED] == [E.RETRY]
+    assert [e for (s, e) in TRANSITIONS if s is S.ROLLED_BACK] == [E.RETRY]
+
+
+def test_the_loop_guard_rolls_back_from_every_working_state_but_the_last_two() -> None:
+    for state in WORKING - {S.COMMITTING, S.ROLLING_BACK}:
+        assert TRANSITIONS[(state, E.LOOP)] is S.ROLLING_BACK, state
+    # A rollback always ends, whatever happens while it runs.
+    assert {TRANSITIONS[(S.ROLLING_BACK, e)] for e in (E.DONE, E.FAIL)} == {S.ROLLED_BACK}
+
+
+def test_every_state_is_reachable_and_every_working_state_can_end() -> None:
+    reachable = {S.IDLE} | set(TRANSITIONS.values())
+    assert reachable == set(UpdateState)
+    for state in WORKING:
+        assert any(s is state for s, _ in TRANSITIONS), state
+    assert RESTING.isdisjoint(WORKING)

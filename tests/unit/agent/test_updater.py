@@ -8,133 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from edge_agent.backoff import Backoff
-from edge_agent.errors import StateFileError
-from edge_agent.runtime import RuntimeOptions, RuntimeRegistry
-from edge_agent.serving import ServingSlot
-from edge_agent.state import AgentState, PersistentState, StateFile
-from edge_agent.store import ArtifactStore
 from edge_agent.update_machine import UpdateState
-from edge_agent.updater import Updater
-from edgefleet_proto.v1 import common_pb2, desired_pb2, event_pb2
-from tests.unit.agent.fakes import FakeClock, FakeFetcher, linear_model, ref_for
+from edgefleet_proto.v1 import common_pb2, event_pb2
+from tests.unit.agent.fakes import linear_model, ref_for
+from tests.unit.agent.harness import REF1, REF2, V2, Harness, desired, run
 
 K = event_pb2.EventKind
 S = UpdateState
-V1, V2 = linear_model(1.0), linear_model(2.0)
-REF1, REF2 = ref_for(V1, version="1"), ref_for(V2, version="2")
-
-
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
-
-
-@dataclass
-class Reported:
-    kind: int
-    reason: str
-    model: common_pb2.ModelRef | None
-    generation: int
-    details: dict[str, str]
-
-
-class FlakyStateFile(StateFile):
-    """A state file whose disk can be made to refuse writes."""
-
-    refuse = False
-
-    def save(self, state: AgentState) -> None:
-        if self.refuse:
-            raise StateFileError(f"cannot write state file {self.path}: No space left on device")
-        super().save(state)
-
-
-@dataclass
-class Harness:
-    root: Path
-    backoff_s: float = 0.01
-    fetcher: FakeFetcher = field(default_factory=FakeFetcher)
-    events: list[Reported] = field(default_factory=list)
-    changes: int = 0
-
-    def __post_init__(self) -> None:
-        self.clock = FakeClock()
-        self.store = ArtifactStore(self.root / "artifacts")
-        self.state_file = FlakyStateFile(self.root / "state.json")
-        self.state = PersistentState(self.state_file, self.clock)
-        self.serving = ServingSlot()
-        self._reported = asyncio.Event()
-        self.updater = Updater(
-            device_id="dev-1",
-            fleet="f1",
-            store=self.store,
-            fetcher=self.fetcher,
-            runtimes=RuntimeRegistry(),
-            runtime_options=RuntimeOptions(),
-            state=self.state,
-            serving=self.serving,
-            report=self.report,
-            backoff=Backoff(initial_s=self.backoff_s, max_s=self.backoff_s * 4, rng=random.Random(0)),
-            max_artifact_bytes=1 << 20,
-            on_change=self.changed,
-        )
-
-    def report(
-        self,
-        kind: event_pb2.EventKind.ValueType,
-        reason: str = "",
-        *,
-        model: common_pb2.ModelRef | None = None,
-        generation: int = 0,
-        details: Mapping[str, str] | None = None,
-    ) -> None:
-        self.events.append(Reported(kind, reason, model, generation, dict(details or {})))
-        self._reported.set()
-
-    async def reported(self, kind: int, timeout: float = 5.0) -> None:
-        """Return once an event of ``kind`` was reported."""
-        async with asyncio.timeout(timeout):
-            while kind not in self.kinds():
-                self._reported.clear()
-                await self._reported.wait()
-
-    def changed(self) -> None:
-        self.changes += 1
-
-    def kinds(self) -> list[int]:
-        return [e.kind for e in self.events]
-
-    def stored(self, data: bytes) -> Path:
-        ref = ref_for(data)
-        self.store.partial_path(ref.sha256).write_bytes(data)
-        return self.store.install_partial(ref)
-
-    async def serve_v1(self) -> None:
-        """Start from v1 serving at generation 1, with a clean event log and machine history."""
-        self.fetcher.add(V1)
-        assert await self.updater.apply(desired(REF1, 1))
-        self.events.clear()
-        self.fetcher.calls.clear()
-        self.updater.machine.history[:] = [self.updater.machine.state]
-
-    def serving_version(self) -> str | None:
-        current = self.serving.current
-        return current.ref.version if current is not None else None
-
-
-def desired(ref: common_pb2.ModelRef | None, generation: int, **kw: Any) -> desired_pb2.DesiredState:
-    fields: dict[str, Any] = {"device_id": "dev-1", "fleet": "f1", "generation": generation, **kw}
-    if ref is not None:
-        fields["model"] = ref
-    return desired_pb2.DesiredState(**fields)
 
 
 # -- table of single attempts ---------------------------------------------------------------------
@@ -184,13 +70,29 @@ def _does_not_load(h: Harness) -> common_pb2.ModelRef:
 
 def _unknown_format(h: Harness) -> common_pb2.ModelRef:
     h.fetcher.add(V2)
-    return ref_for(V2, version="2", fmt="tflite")
+    return ref_for(V2, version="2", fmt="torchscript")
 
 
 def _state_file_refuses(h: Harness) -> common_pb2.ModelRef:
     h.fetcher.add(V2)
     h.state_file.refuse = True
     return REF2
+
+
+def _full_disk(h: Harness) -> common_pb2.ModelRef:
+    h.fetcher.add(V2)
+    h.resources.disk = 1024
+    return REF2
+
+
+def _no_memory(h: Harness) -> common_pb2.ModelRef:
+    h.fetcher.add(V2)
+    h.resources.memory = 1024
+    return REF2
+
+
+INSTALL = [S.DOWNLOADING, S.VERIFYING, S.LOADING, S.ACTIVATING, S.TRIAL, S.COMMITTING, S.IDLE]
+SERVED = [K.EVENT_KIND_ACTIVATED, K.EVENT_KIND_COMMITTED]
 
 
 @dataclass(frozen=True)
@@ -205,21 +107,19 @@ class Case:
 CASES = {
     "fresh download": Case(
         _fresh,
-        [S.IDLE, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.ACTIVATING, S.IDLE],
-        [K.EVENT_KIND_DOWNLOAD_STARTED, K.EVENT_KIND_DOWNLOAD_COMPLETED, K.EVENT_KIND_ACTIVATED],
+        [S.IDLE, *INSTALL],
+        [K.EVENT_KIND_DOWNLOAD_STARTED, K.EVENT_KIND_DOWNLOAD_COMPLETED, *SERVED],
         "2",
     ),
-    "stored artifact is verified again, not fetched": Case(
-        _cached, [S.IDLE, S.VERIFYING, S.LOADING, S.ACTIVATING, S.IDLE], [K.EVENT_KIND_ACTIVATED], "2"
-    ),
+    "stored artifact is verified again, not fetched": Case(_cached, [S.IDLE, *INSTALL[1:]], SERVED, "2"),
     "damaged stored artifact is fetched again": Case(
         _cached_damaged,
-        [S.IDLE, S.VERIFYING, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.ACTIVATING, S.IDLE],
+        [S.IDLE, S.VERIFYING, *INSTALL],
         [
             K.EVENT_KIND_VERIFY_FAILED,
             K.EVENT_KIND_DOWNLOAD_STARTED,
             K.EVENT_KIND_DOWNLOAD_COMPLETED,
-            K.EVENT_KIND_ACTIVATED,
+            *SERVED,
         ],
         "2",
         "stored artifact damaged, fetching it again: sha256 mismatch",
@@ -264,14 +164,28 @@ CASES = {
         [S.IDLE, S.FAILED],
         [K.EVENT_KIND_INSTALL_FAILED],
         "1",
-        "unknown model format 'tflite': this device runs ['onnx']",
+        "unknown model format 'torchscript': this device runs ['onnx'",
     ),
-    "state file refuses the write": Case(
+    "state file refuses the checkpoint": Case(
         _state_file_refuses,
-        [S.IDLE, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.ACTIVATING, S.FAILED],
+        [S.IDLE, S.DOWNLOADING, S.FAILED],
+        [K.EVENT_KIND_INSTALL_FAILED],
+        "1",
+        "cannot save the update state before DOWNLOADING",
+    ),
+    "full disk, refused before the download": Case(
+        _full_disk,
+        [S.IDLE, S.DOWNLOADING, S.FAILED],
+        [K.EVENT_KIND_INSTALL_FAILED],
+        "1",
+        "not enough disk",
+    ),
+    "not enough memory to load beside the serving model": Case(
+        _no_memory,
+        [S.IDLE, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.FAILED],
         [K.EVENT_KIND_DOWNLOAD_STARTED, K.EVENT_KIND_DOWNLOAD_COMPLETED, K.EVENT_KIND_INSTALL_FAILED],
         "1",
-        "No space left on device",
+        "not enough memory",
     ),
 }
 
@@ -318,10 +232,7 @@ def test_a_broken_download_resumes_from_the_bytes_held(tmp_path: Path) -> None:
         assert [offset for _, offset, _ in h.fetcher.calls] == [0, 128]
         done = [e for e in h.events if e.kind == K.EVENT_KIND_DOWNLOAD_COMPLETED]
         assert done[0].details["resumed_from"] == "128"
-        assert h.updater.machine.history == [
-            S.IDLE, S.DOWNLOADING, S.FAILED,
-            S.IDLE, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.ACTIVATING, S.IDLE,
-        ]  # fmt: skip
+        assert h.updater.machine.history == [S.IDLE, S.DOWNLOADING, S.FAILED, S.IDLE, *INSTALL]
         assert h.serving_version() == "2"
 
     run(scenario())
@@ -405,7 +316,7 @@ def test_the_loop_retries_a_failure_after_back_off_and_then_serves(tmp_path: Pat
             loop.cancel()
         assert h.kinds()[0] == K.EVENT_KIND_DESIRED_RECEIVED
         assert h.kinds().count(K.EVENT_KIND_DESIRED_RECEIVED) == 1
-        assert h.kinds()[-1] == K.EVENT_KIND_ACTIVATED
+        assert h.kinds()[-1] == K.EVENT_KIND_COMMITTED
         assert h.updater.last_failure == ""
 
     run(scenario())

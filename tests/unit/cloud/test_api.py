@@ -273,11 +273,18 @@ def test_assignment_flow(
         "/api/v1/assignments", headers=op, json={"model": "digits", "version": "1", "devices": ["d1"]}
     )
     assert r.status_code == 200, r.text
-    assert r.json() == {"assigned": [{"device_id": "d1", "generation": 1}], "count": 1}
+    assert r.json() == {"assigned": [{"device_id": "d1", "generation": 1}], "count": 1, "skipped": []}
     assert desired_pb2.DesiredState.FromString(publisher.retained["d1"]).model.sha256 == sha
 
     d1 = client.get("/api/v1/devices/d1", headers=auth[Role.VIEWER]).json()
-    assert d1["desired_model"] == {"name": "digits", "version": "1", "sha256": sha}
+    # A pushed file is a one-variant version: its variant is named by the precision read from the graph.
+    assert d1["desired_model"] == {
+        "name": "digits",
+        "version": "1",
+        "sha256": sha,
+        "variant": "fp32",
+        "precision": "fp32",
+    }
     assert (d1["desired_generation"], d1["in_sync"]) == (1, False)
     # The device reports it now runs the model: in sync.
     Ingestor(ctx.sessions, FleetTopics(ctx.settings.fleet), clock=ctx.clock).ingest(

@@ -5,8 +5,20 @@ from __future__ import annotations
 import subprocess
 import sys
 
-LIGHT_MODULES = ["model_tools", "model_tools.errors", "model_tools.hashing", "model_tools.onnx_info"]
-HEAVY = ["torch", "sklearn", "scipy", "onnx", "onnxscript", "fastapi", "sqlmodel"]
+LIGHT_MODULES = [
+    "model_tools",
+    "model_tools.errors",
+    "model_tools.hashing",
+    "model_tools.onnx_info",
+    # The optimization pipeline's light steps: the agent and the hub's API use them without torch.
+    "model_tools.validate",
+    "model_tools.gates",
+    "model_tools.bundle",
+    "model_tools.evaluate",
+    "model_tools.litert",
+    "model_tools.profile",
+]
+HEAVY = ["torch", "sklearn", "scipy", "onnx", "onnxscript", "fastapi", "sqlmodel", "tensorflow"]
 
 
 def test_light_modules_import_without_heavy_dependencies() -> None:

@@ -1,0 +1,46 @@
+"""Experiments: training runs with their lineage, and the versions each produced."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from cloud.errors import InvalidInputError
+from cloud.schemas import ExperimentCreate, ExperimentDetailPublic, ExperimentPublic, ExperimentsPublic
+from cloud.services import experiments
+
+router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+
+@router.put(
+    "/{run_id}",
+    responses={409: {"description": "another record is stored under this run id"}},
+)
+def record_experiment(
+    run_id: str, body: ExperimentCreate, session: SessionDep, ctx: ContextDep, _token: OperatorDep
+) -> ExperimentPublic:
+    """Record a training run (idempotent: the same record again changes nothing)."""
+    if body.run_id != run_id:
+        raise InvalidInputError(f"the body's run_id {body.run_id!r} differs from the path's {run_id!r}")
+    row = experiments.record_experiment(session, body, clock=ctx.clock)
+    return ExperimentPublic.model_validate(row)
+
+
+@router.get("")
+def list_experiments(
+    session: SessionDep,
+    _token: ViewerDep,
+    name: Annotated[str | None, Query(description="only runs of this model")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ExperimentsPublic:
+    """Training runs, newest first."""
+    rows = experiments.list_experiments(session, name=name, limit=limit)
+    return ExperimentsPublic(data=[ExperimentPublic.model_validate(r) for r in rows], count=len(rows))
+
+
+@router.get("/{run_id}")
+def get_experiment(run_id: str, session: SessionDep, _token: ViewerDep) -> ExperimentDetailPublic:
+    """One training run and the model versions registered from it."""
+    return experiments.experiment_detail(session, run_id)

@@ -1,0 +1,90 @@
+"""Firmware images: upload a bundle (a delta from the previous image is made too), list, assign."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request, status
+
+from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from cloud.api.routes.tuf import SigningDep
+from cloud.api.upload import receive_upload
+from cloud.artifacts import ArtifactInfo
+from cloud.context import HubContext
+from cloud.models import FirmwareImage
+from cloud.schemas_signing import (
+    FirmwareAssignmentCreate,
+    FirmwareAssignmentPublic,
+    FirmwareListPublic,
+    FirmwarePublic,
+)
+from cloud.services import firmware
+from cloud.services.signing import Signing
+
+router = APIRouter(prefix="/firmware", tags=["firmware"])
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "a .efw bundle"}
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _register(ctx: HubContext, signing: Signing, info: ArtifactInfo) -> list[FirmwareImage]:
+    with ctx.sessions() as session:
+        return firmware.register_bundle(session, ctx.store, signing, info, clock=ctx.clock)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=_UPLOAD_BODY)
+async def upload_firmware(
+    request: Request, ctx: ContextDep, signing: SigningDep, _token: OperatorDep
+) -> FirmwareListPublic:
+    """Register a firmware bundle; the response lists it and the delta made from the previous image."""
+    upload = await receive_upload(request, ctx.store, max_file_bytes=ctx.settings.max_upload_bytes)
+    rows = await anyio.to_thread.run_sync(_register, ctx, signing, upload.artifact)
+    data = [FirmwarePublic.model_validate(r) for r in rows]
+    return FirmwareListPublic(data=data, count=len(data))
+
+
+@router.get("")
+def list_firmware(
+    session: SessionDep, _token: ViewerDep, name: Annotated[str | None, Query()] = None
+) -> FirmwareListPublic:
+    rows = firmware.list_firmware(session, name)
+    return FirmwareListPublic(data=[FirmwarePublic.model_validate(r) for r in rows], count=len(rows))
+
+
+@router.post("/assignments")
+def assign_firmware(
+    body: FirmwareAssignmentCreate,
+    ctx: ContextDep,
+    session: SessionDep,
+    signing: SigningDep,
+    _token: OperatorDep,
+) -> FirmwareAssignmentPublic:
+    devices = firmware.assign_firmware(
+        session,
+        signing,
+        ctx.publisher,
+        body.name,
+        body.version,
+        device_ids=body.devices,
+        selector=body.selector,
+        hardware_id=body.hardware_id,
+        fleet=ctx.settings.fleet,
+        artifact_endpoint=ctx.artifact_endpoint,
+        clock=ctx.clock,
+    )
+    return FirmwareAssignmentPublic(devices=devices, count=len(devices))

@@ -1,0 +1,153 @@
+"""`fleet firmware`: build bundles and deltas locally, push them to the hub, assign them."""
+
+# Typer commands take their options as parameters.
+# ruff: noqa: PLR0917
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cloud.client import HubError, resolve_token
+from cloud.client_signing import SigningClient
+from cloud.validation import parse_label_selector
+from firmware_images.build import build_bundle, build_delta, load_bundle
+from firmware_images.format import BundleError
+
+firmware_app = typer.Typer(
+    help="Firmware images: signed bundles, deltas, A/B installs.", no_args_is_help=True
+)
+console = Console()
+err = Console(stderr=True)
+
+HubUrl = Annotated[str, typer.Option("--hub-url", envvar="EDGEFLEET_HUB_URL", help="The hub's HTTP API.")]
+Token = Annotated[str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="An API token.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(1)
+
+
+@firmware_app.command("build")
+def build(
+    payload: Annotated[Path, typer.Argument(help="The firmware image.")],
+    name: Annotated[str, typer.Option(help="Image name.")],
+    version: Annotated[str, typer.Option(help="Image version, e.g. 1.2.0.")],
+    hardware: Annotated[str, typer.Option(help="The hardware id the image runs on.")],
+    out: Annotated[Path, typer.Option(help="Where to write the .efw bundle.")],
+    min_agent_version: Annotated[str, typer.Option(help="Oldest agent that may install it.")] = "0.1.0",
+) -> None:
+    """Wrap an image and its manifest into a bundle (signed when the hub lists it as a target)."""
+    try:
+        bundle = build_bundle(
+            payload.read_bytes(),
+            name=name,
+            version=version,
+            hardware_id=hardware,
+            min_agent_version=min_agent_version,
+        )
+    except (OSError, BundleError) as e:
+        raise _fail(str(e)) from e
+    bundle.write(out)
+    err.print(f"wrote {out} ({bundle.length} bytes, sha256 {bundle.sha256})")
+
+
+@firmware_app.command("delta")
+def delta(
+    base: Annotated[Path, typer.Argument(help="The bundle devices run now.")],
+    new: Annotated[Path, typer.Argument(help="The bundle to ship.")],
+    out: Annotated[Path, typer.Option(help="Where to write the delta bundle.")],
+    algorithm: Annotated[str, typer.Option(help="auto, bsdiff4 or zstd-dict.")] = "auto",
+) -> None:
+    """Make a delta bundle (the hub makes one itself on push; this is for inspection)."""
+    try:
+        made = build_delta(load_bundle(base), load_bundle(new), algorithm=algorithm, max_ratio=1.0)
+    except (OSError, BundleError) as e:
+        raise _fail(str(e)) from e
+    if made is None:
+        raise _fail("the delta is larger than the new image")
+    made.write(out)
+    full = load_bundle(new).length
+    err.print(
+        f"wrote {out}: {made.length} bytes ({made.length / full:.1%} of the full bundle), "
+        f"{made.manifest.algorithm}"
+    )
+
+
+@firmware_app.command("push")
+def push(
+    bundle: Annotated[Path, typer.Argument(help="A .efw bundle.")],
+    hub_url: HubUrl = "http://127.0.0.1:8080",
+    token: Token = None,
+    as_json: Json = False,
+) -> None:
+    """Register a bundle with the hub (which signs it and makes a delta from the previous image)."""
+    try:
+        with SigningClient(hub_url, resolve_token(token)) as client:
+            result = client.push_firmware(bundle)
+    except HubError as e:
+        raise _fail(str(e)) from e
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    for row in result["data"]:
+        what = f"delta from {row['base_version']}" if row["kind"] == "delta" else "full image"
+        console.print(
+            f"registered {row['name']} {row['version']} for {row['hardware_id']}: "
+            f"{what}, {row['length']} bytes"
+        )
+
+
+@firmware_app.command("ls")
+def ls(
+    name: Annotated[str | None, typer.Option()] = None,
+    hub_url: HubUrl = "http://127.0.0.1:8080",
+    token: Token = None,
+    as_json: Json = False,
+) -> None:
+    """List registered firmware images and deltas."""
+    try:
+        with SigningClient(hub_url, resolve_token(token)) as client:
+            rows = client.list_firmware(name)
+    except HubError as e:
+        raise _fail(str(e)) from e
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table("name", "hardware", "version", "kind", "bytes", "target")
+    for r in rows:
+        kind = f"delta from {r['base_version']} ({r['algorithm']})" if r["kind"] == "delta" else "full"
+        table.add_row(r["name"], r["hardware_id"], r["version"], kind, str(r["length"]), r["target_path"])
+    console.print(table)
+
+
+@firmware_app.command("assign")
+def assign(
+    name: Annotated[str, typer.Option(help="Image name.")],
+    version: Annotated[str, typer.Option(help="Image version.")],
+    device: Annotated[list[str] | None, typer.Option("--device", help="A device id (repeatable).")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="A label selector, e.g. site=lab.")] = None,
+    hardware: Annotated[
+        str | None, typer.Option(help="The hardware id, when the version exists for several.")
+    ] = None,
+    hub_url: HubUrl = "http://127.0.0.1:8080",
+    token: Token = None,
+) -> None:
+    """Make an image the desired firmware of devices (signed by the director, installed A/B)."""
+    try:
+        selector = parse_label_selector(label) if label else None
+        with SigningClient(hub_url, resolve_token(token)) as client:
+            result = client.assign_firmware(
+                name=name, version=version, hardware_id=hardware, devices=device or None, selector=selector
+            )
+    except (HubError, ValueError) as e:
+        raise _fail(str(e)) from e
+    console.print(f"assigned {name} {version} to {result['count']} device(s)")

@@ -1,0 +1,246 @@
+"""Firmware images: register a bundle (and a delta from the previous image), assign it to devices.
+
+A registered bundle is stored by content like any artifact, recorded in ``FirmwareImage``
+and published as a TUF target whose custom fields repeat its manifest, so a device can
+compare the manifest it reads with what the targets role signed. Registering a full
+image also makes a delta from the newest older image of the same name and hardware
+(the smaller of bsdiff4 and zstd, see ``firmware_images.delta``) when that pays off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from cloud.artifacts import ArtifactInfo, ArtifactStore
+from cloud.clock import Clock, to_ms, utcnow
+from cloud.errors import ConflictError, DeliveryError, InvalidArtifactError, NotFoundError, PublishError
+from cloud.models import DesiredFirmware, DesiredState, Device, FirmwareImage, ModelVersion
+from cloud.services.devices import labels_match
+from cloud.services.publisher import DesiredPublisher
+from cloud.services.signing import Signing
+from cloud.tuf.metadata import TargetSpec
+from cloud.tuf.sync import firmware_target_path
+from edgefleet_proto.v1 import common_pb2, desired_pb2
+from firmware_images.build import Bundle, build_delta, load_bundle
+from firmware_images.format import BundleError, BundleKind, Manifest, compare_versions
+
+__all__ = ["assign_firmware", "list_firmware", "register_bundle"]
+
+log = logging.getLogger(__name__)
+
+
+def _row_for(manifest: Manifest, info: ArtifactInfo, clock: Clock) -> FirmwareImage:
+    base = manifest.base_version if manifest.kind is BundleKind.DELTA else ""
+    return FirmwareImage(
+        name=manifest.name,
+        hardware_id=manifest.hardware_id,
+        version=manifest.version,
+        kind=manifest.kind.value,
+        base_version=base,
+        min_agent_version=manifest.min_agent_version,
+        algorithm=manifest.algorithm,
+        target_path=firmware_target_path(
+            manifest.name, manifest.hardware_id, manifest.version, info.sha256, base_version=base
+        ),
+        sha256=info.sha256,
+        length=info.length,
+        payload_sha256=manifest.payload_sha256,
+        payload_length=manifest.payload_length,
+        created_at=clock(),
+    )
+
+
+def _spec(row: FirmwareImage, manifest: Manifest) -> TargetSpec:
+    custom = {**manifest.custom(), "hardware": [row.hardware_id]}
+    return TargetSpec(row.target_path, row.sha256, row.length, custom)
+
+
+def _previous_full(session: Session, manifest: Manifest) -> FirmwareImage | None:
+    rows = session.exec(
+        select(FirmwareImage).where(
+            FirmwareImage.name == manifest.name,
+            FirmwareImage.hardware_id == manifest.hardware_id,
+            FirmwareImage.kind == BundleKind.FULL.value,
+        )
+    ).all()
+    older = [r for r in rows if compare_versions(r.version, manifest.version) < 0]
+    if not older:
+        return None
+    newest = older[0]
+    for r in older[1:]:
+        if compare_versions(r.version, newest.version) > 0:
+            newest = r
+    return newest
+
+
+def register_bundle(
+    session: Session, store: ArtifactStore, signing: Signing, info: ArtifactInfo, *, clock: Clock = utcnow
+) -> list[FirmwareImage]:
+    """Register a bundle already in the store; returns its row and, for a full image, a delta's."""
+    try:
+        bundle = load_bundle(store.path(info.sha256))
+    except BundleError as e:
+        raise InvalidArtifactError(f"not a firmware bundle: {e}") from e
+    manifest = bundle.manifest
+    rows = [(_row_for(manifest, info, clock), manifest)]
+    if manifest.kind is BundleKind.FULL:
+        previous = _previous_full(session, manifest)
+        if previous is not None:
+            delta = _make_delta(store, previous, bundle, clock)
+            if delta is not None:
+                rows.append(delta)
+    for row, _ in rows:
+        session.add(row)
+    try:
+        session.commit()
+    except IntegrityError as e:
+        session.rollback()
+        raise ConflictError(
+            f"firmware {manifest.name} {manifest.version} for {manifest.hardware_id} is already registered"
+        ) from e
+    specs = [_spec(row, m) for row, m in rows]
+    if len(rows) > 1:
+        # The full image's target names its delta, keyed by the image the delta applies to: a device
+        # finds the delta for what it runs in metadata the targets role signed.
+        delta_row, delta_manifest = rows[1]
+        full = specs[0]
+        deltas = {delta_manifest.base_payload_sha256: delta_row.target_path}
+        specs[0] = TargetSpec(full.path, full.sha256, full.length, {**full.custom, "deltas": deltas})
+    signing.repo.update_targets(add=specs)
+    for row, _ in rows:
+        session.refresh(row)
+        log.info("registered firmware %s %s (%s) for %s", row.name, row.version, row.kind, row.hardware_id)
+    return [row for row, _ in rows]
+
+
+def _make_delta(
+    store: ArtifactStore, previous: FirmwareImage, new: Bundle, clock: Clock
+) -> tuple[FirmwareImage, Manifest] | None:
+    try:
+        base = load_bundle(store.path(previous.sha256))
+        delta = build_delta(base, new)
+    except BundleError as e:
+        log.warning("no delta from firmware %s to %s: %s", previous.version, new.manifest.version, e)
+        return None
+    if delta is None:
+        return None
+    info = store.put_bytes(delta.data)
+    return _row_for(delta.manifest, info, clock), delta.manifest
+
+
+def list_firmware(session: Session, name: str | None = None) -> list[FirmwareImage]:
+    query = select(FirmwareImage)
+    if name is not None:
+        query = query.where(FirmwareImage.name == name)
+    return list(session.exec(query.order_by(col(FirmwareImage.name), col(FirmwareImage.created_at))).all())
+
+
+def _full_image(session: Session, name: str, version: str, hardware_id: str | None) -> FirmwareImage:
+    query = select(FirmwareImage).where(
+        FirmwareImage.name == name,
+        FirmwareImage.version == version,
+        FirmwareImage.kind == BundleKind.FULL.value,
+    )
+    if hardware_id is not None:
+        query = query.where(FirmwareImage.hardware_id == hardware_id)
+    rows = session.exec(query).all()
+    if not rows:
+        raise NotFoundError(f"firmware {name} {version} is not registered")
+    if len(rows) > 1:
+        raise ConflictError(
+            f"firmware {name} {version} exists for several hardware ids "
+            f"({', '.join(sorted(r.hardware_id for r in rows))}): name one with --hardware"
+        )
+    return rows[0]
+
+
+def _desired_for(
+    session: Session, device: Device, fleet: str, artifact_endpoint: str, clock: Clock
+) -> desired_pb2.DesiredState:
+    row = session.get(DesiredState, device.id)
+    if row is None:
+        # No model assigned: a desired state that keeps the model and only names firmware.
+        return desired_pb2.DesiredState(
+            device_id=device.id,
+            fleet=fleet,
+            generation=max(1, device.applied_generation),
+            issued_at_ms=to_ms(clock()),
+            artifact_endpoint=artifact_endpoint,
+        )
+    model = session.get(ModelVersion, row.model_version_id)
+    desired = desired_pb2.DesiredState(
+        device_id=device.id,
+        fleet=fleet,
+        generation=row.generation,
+        issued_at_ms=to_ms(row.issued_at),
+        artifact_endpoint=artifact_endpoint,
+    )
+    if model is not None:
+        desired.model.CopyFrom(
+            common_pb2.ModelRef(
+                name=model.name,
+                version=model.version,
+                format=model.format,
+                sha256=model.sha256,
+                length=model.length,
+            )
+        )
+    return desired
+
+
+def assign_firmware(
+    session: Session,
+    signing: Signing,
+    publisher: DesiredPublisher,
+    name: str,
+    version: str,
+    *,
+    device_ids: Sequence[str] | None = None,
+    selector: Mapping[str, str] | None = None,
+    hardware_id: str | None = None,
+    fleet: str,
+    artifact_endpoint: str,
+    clock: Clock = utcnow,
+) -> list[str]:
+    """Make ``name`` ``version`` the desired firmware of the chosen devices; sign and publish."""
+    image = _full_image(session, name, version, hardware_id)
+    query = select(Device).where(Device.fleet == fleet).order_by(col(Device.id))
+    devices = list(session.exec(query).all())
+    if device_ids is not None:
+        wanted = set(device_ids)
+        devices = [d for d in devices if d.id in wanted]
+        missing = wanted - {d.id for d in devices}
+        if missing:
+            raise NotFoundError(f"unknown devices: {', '.join(sorted(missing))}")
+    elif selector:
+        devices = [d for d in devices if labels_match(d.labels, selector)]
+    if not devices:
+        raise NotFoundError(f"no device in fleet {fleet!r} matches")
+    now = clock()
+    envelopes: list[tuple[str, bytes]] = []
+    for device in devices:
+        row = session.get(DesiredFirmware, device.id)
+        if row is None:
+            row = DesiredFirmware(device_id=device.id, firmware_image_id=0, issued_at=now)
+        assert image.id is not None
+        row.firmware_image_id, row.issued_at = image.id, now
+        session.add(row)
+        session.flush()
+        desired = _desired_for(session, device, fleet, artifact_endpoint, clock)
+        envelopes.append((device.id, signing.seal(session, desired)))
+    session.commit()
+    failed, reason = [], ""
+    for device_id, envelope in envelopes:
+        try:
+            publisher.publish_desired(device_id, envelope)
+        except PublishError as e:
+            failed.append(device_id)
+            reason = str(e)
+    if failed:
+        raise DeliveryError(failed, reason)
+    log.info("assigned firmware %s %s to %d device(s)", name, version, len(envelopes))
+    return [d for d, _ in envelopes]

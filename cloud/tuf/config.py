@@ -1,0 +1,50 @@
+"""Settings of the update repository, read from ``EDGEFLEET_TUF_*`` environment variables.
+
+Kept apart from the hub's ``Settings`` so that the signing policy is read in one place.
+Expiry per role follows the TUF guidance: the more a role's key is exposed, the sooner
+its metadata expires, so that a stolen online key buys little time.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["TufSettings"]
+
+
+class TufSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_TUF_", extra="ignore")
+
+    # Where the online keys (and a development root key) live; default {data_dir}/keys.
+    keys_dir: Path | None = None
+    root_expiry: timedelta = timedelta(days=365)
+    targets_expiry: timedelta = timedelta(days=30)
+    snapshot_expiry: timedelta = timedelta(days=7)
+    timestamp_expiry: timedelta = timedelta(days=1)
+    # A signed desired state is void after this long; the hub re-signs it before then.
+    director_expiry: timedelta = timedelta(days=7)
+    # Re-sign a role once less than this share of its validity is left.
+    resign_fraction: float = Field(default=0.5, gt=0, lt=1)
+    # How often the scheduler looks for metadata to re-sign.
+    resign_check_interval_s: float = Field(default=300.0, gt=0)
+    # Protects the online keys at rest. Unset: the hub generates one into {keys_dir}/online.passphrase
+    # (mode 0600); production passes it from a secret manager so the data folder alone unlocks nothing.
+    online_passphrase: SecretStr | None = None
+    # On a first start without a repository, create one with a development root key kept on the hub.
+    # `fleet keys init` replaces it with offline root keys; set false to refuse to start without one.
+    auto_init: bool = True
+
+    def resolved_keys_dir(self, data_dir: Path) -> Path:
+        return self.keys_dir if self.keys_dir is not None else data_dir / "keys"
+
+    def expiry(self, role: str) -> timedelta:
+        return {
+            "root": self.root_expiry,
+            "targets": self.targets_expiry,
+            "snapshot": self.snapshot_expiry,
+            "timestamp": self.timestamp_expiry,
+        }[role]

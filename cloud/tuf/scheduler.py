@@ -1,0 +1,85 @@
+"""Re-signing before expiry, on an APScheduler interval job.
+
+Each tick re-signs the online roles that have less than ``resign_fraction`` of their
+validity left (timestamp every half day with the defaults), mirrors newly registered
+artifacts into the targets metadata, and re-signs the desired states whose signature
+expires soon, handing them to ``publish`` (the MQTT transport). A tick that fails is
+logged and tried again at the next interval: expiry is days away, an interval minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from cloud.db import SessionFactory
+from cloud.services.director import Director
+from cloud.tuf.repository import TufRepository
+from cloud.tuf.sync import sync_targets
+
+__all__ = ["ResignScheduler", "TickResult"]
+
+log = logging.getLogger(__name__)
+JOB_ID = "edgefleet-tuf-resign"
+
+
+@dataclass(slots=True)
+class TickResult:
+    roles: list[str] = field(default_factory=list)
+    targets_synced: bool = False
+    desired: int = 0
+
+
+class ResignScheduler:
+    def __init__(
+        self,
+        repo: TufRepository,
+        director: Director,
+        sessions: SessionFactory,
+        publish: Callable[[Sequence[tuple[str, bytes]]], object],
+        *,
+        interval_s: float | None = None,
+    ) -> None:
+        self.repo = repo
+        self.director = director
+        self._sessions = sessions
+        self._publish = publish
+        self.interval_s = interval_s or repo.settings.resign_check_interval_s
+        self._scheduler: BackgroundScheduler | None = None
+
+    def tick(self) -> TickResult:
+        result = TickResult()
+        result.roles = self.repo.refresh()
+        result.targets_synced = sync_targets(self.repo)
+        with self._sessions() as session:
+            envelopes = self.director.resign(session)
+            session.commit()
+        result.desired = len(envelopes)
+        if envelopes:
+            self._publish(envelopes)
+        return result
+
+    def _safe_tick(self) -> None:
+        try:
+            self.tick()
+        except Exception:  # the next tick retries; expiry is far longer than the interval
+            log.exception("re-signing tick failed; retrying at the next interval")
+
+    def start(self) -> None:
+        if self._scheduler is not None:
+            raise RuntimeError("the re-sign scheduler is already running")
+        scheduler = BackgroundScheduler(daemon=True)
+        scheduler.add_job(
+            self._safe_tick, "interval", seconds=self.interval_s, id=JOB_ID, max_instances=1, coalesce=True
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("re-signing metadata and desired states every %.0f s", self.interval_s)
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None

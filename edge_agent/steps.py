@@ -1,0 +1,486 @@
+"""The work behind each working state of the update machine.
+
+Each step does its I/O and returns the :class:`UpdateEvent` the machine then
+posts; a step never picks the next state itself. The :class:`Attempt` carries
+what one attempt at one desired state has gathered (paths, the loaded runtime,
+the trial session, the verdict). The engine that walks the machine, saves the
+state before each step and resumes after a restart is :mod:`edge_agent.updater`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from edge_agent.clock import Clock
+from edge_agent.config import LimitsConfig, TrialConfig, TrialMode, UpdateConfig
+from edge_agent.errors import (
+    DownloadError,
+    InferenceError,
+    ModelLoadError,
+    ResourceError,
+    StateFileError,
+    StepTimeoutError,
+    StoreError,
+    VerifyError,
+)
+from edge_agent.fetcher import Fetcher
+from edge_agent.gates import TrialJudge, Verdict
+from edge_agent.logs import Log
+from edge_agent.memory import release_free_memory
+from edge_agent.resources import Resources, check_disk, check_memory
+from edge_agent.runtime import ModelRuntime, RuntimeOptions, RuntimeRegistry
+from edge_agent.serving import LoadedModel, ServingSlot
+from edge_agent.state import MAX_REFUSED, PersistentState, Refusal
+from edge_agent.store import ArtifactStore
+from edge_agent.tensors import SUPPORTED_DTYPES
+from edge_agent.trial import TrialSession
+from edge_agent.update_machine import UpdateEvent
+from edge_agent.verify import ArtifactVerifier
+from edgefleet_proto.v1 import common_pb2, desired_pb2, event_pb2, profile_pb2
+
+__all__ = ["Attempt", "Reporter", "Steps", "profile_ref"]
+
+log = logging.getLogger(__name__)
+
+K = event_pb2.EventKind
+E = UpdateEvent
+T = TypeVar("T")
+
+
+class Reporter(Protocol):
+    """Sends an Event to the hub (numbering, timestamps and transport are the caller's)."""
+
+    def __call__(
+        self,
+        kind: event_pb2.EventKind.ValueType,
+        reason: str = "",
+        *,
+        model: common_pb2.ModelRef | None = None,
+        generation: int = 0,
+        details: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+
+def profile_ref(ref: common_pb2.ModelRef) -> common_pb2.ModelRef | None:
+    """The data profile of ``ref`` as an artifact to fetch and verify, or None when it has none."""
+    if not ref.HasField("profile") or not ref.profile.sha256:
+        return None
+    return common_pb2.ModelRef(
+        name=f"{ref.name}.profile",
+        version=ref.version,
+        format="profile",
+        sha256=ref.profile.sha256,
+        length=ref.profile.length,
+    )
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one attempt at one desired state has gathered so far."""
+
+    desired: desired_pb2.DesiredState
+    ref: common_pb2.ModelRef
+    # Loop guard and crash counting, carried over from the saved record when resuming.
+    saves: int = 0
+    restarts: int = 0
+    # Digests fetched into .part files by this attempt (the rest are verified in the store).
+    fetched: set[str] = field(default_factory=set)
+    path: Path | None = None
+    profile_path: Path | None = None
+    runtime: ModelRuntime | None = None
+    class_distribution: list[float] | None = None
+    profile_note: str = ""
+    session: TrialSession | None = None
+    verdict: Verdict | None = None
+
+    @property
+    def generation(self) -> int:
+        return self.desired.generation
+
+    @property
+    def artifacts(self) -> list[common_pb2.ModelRef]:
+        """The model and, when it has one, its data profile."""
+        profile = profile_ref(self.ref)
+        return [self.ref] if profile is None else [self.ref, profile]
+
+
+def keep_set(*refs: common_pb2.ModelRef | None) -> set[str]:
+    """Digests to keep in the store: these models and their data profiles."""
+    keep: set[str] = set()
+    for ref in refs:
+        if ref is None:
+            continue
+        keep.add(ref.sha256)
+        profile = profile_ref(ref)
+        if profile is not None:
+            keep.add(profile.sha256)
+    return keep
+
+
+def _warm_up(runtime: ModelRuntime) -> None:
+    """One run on zeros (dynamic dimensions as 1): catches a model that loads but cannot run."""
+    inputs: dict[str, np.ndarray] = {}
+    for spec in runtime.inputs:
+        if spec.dtype not in SUPPORTED_DTYPES:
+            return  # nothing sensible to feed; the trial judges it on real inputs
+        inputs[spec.name] = np.zeros(tuple(d if d > 0 else 1 for d in spec.shape), dtype=spec.dtype)
+    runtime.predict(inputs)
+
+
+@dataclass(slots=True)
+class Steps:
+    """The steps, with everything they touch."""
+
+    store: ArtifactStore
+    fetcher: Fetcher
+    verifier: ArtifactVerifier
+    runtimes: RuntimeRegistry
+    runtime_options: RuntimeOptions
+    state: PersistentState
+    serving: ServingSlot
+    report: Reporter
+    resources: Resources
+    clock: Clock
+    limits: LimitsConfig
+    trial: TrialConfig
+    update: UpdateConfig
+    logger: Log
+    on_change: Callable[[], None]
+    # The newest generation waiting behind the one in flight (a trial ends early for it).
+    pending_generation: Callable[[], int]
+    wake: asyncio.Event
+    last_failure: str = ""
+
+    def fail(
+        self, kind: event_pb2.EventKind.ValueType, attempt: Attempt, reason: str, **details: str
+    ) -> None:
+        self.logger.warning(
+            "update failed kind=%s generation=%d sha256=%s reason=%s",
+            K.Name(kind),
+            attempt.generation,
+            attempt.ref.sha256,
+            reason,
+        )
+        self.last_failure = reason
+        self.report(kind, reason, model=attempt.ref, generation=attempt.generation, details=details or None)
+
+    async def _in_thread(self, what: str, fn: Callable[[], T]) -> T:
+        """Run blocking work in a worker thread; give up on it after the step timeout."""
+        timeout = self.update.step_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn), timeout)
+        except TimeoutError:
+            # The thread cannot be stopped; it finishes in the background and its result is dropped.
+            raise StepTimeoutError(f"{what} did not finish within {timeout:g} s") from None
+
+    # -- before the swap: a failure leaves the serving model alone -----------------------------------
+
+    async def download(self, attempt: Attempt) -> UpdateEvent:
+        wanted = [a for a in attempt.artifacts if not self.store.has(a.sha256)]
+        for artifact in wanted:
+            if self.store.partial_size(artifact.sha256) > artifact.length:
+                # More bytes than pinned cannot be the start of the right file.
+                self.store.discard_partial(artifact.sha256)
+        needed = sum(a.length - self.store.partial_size(a.sha256) for a in wanted)
+        try:
+            check_disk(
+                self.resources, self.store.root, needed=needed, reserve=self.limits.min_free_disk_bytes
+            )
+        except ResourceError as e:
+            self.fail(K.EVENT_KIND_INSTALL_FAILED, attempt, str(e))
+            return E.FAIL
+        for artifact in wanted:
+            if not await self._fetch_one(attempt, artifact):
+                return E.FAIL
+            attempt.fetched.add(artifact.sha256)
+        return E.DONE
+
+    async def _fetch_one(self, attempt: Attempt, artifact: common_pb2.ModelRef) -> bool:
+        ref = attempt.ref
+        is_model = artifact.sha256 == ref.sha256
+        offset = self.store.partial_size(artifact.sha256)
+        endpoint = attempt.desired.artifact_endpoint
+        details = {"offset": str(offset), **({"endpoint": endpoint} if endpoint else {})}
+        if not is_model:
+            details["artifact"] = "profile"
+        self.report(K.EVENT_KIND_DOWNLOAD_STARTED, model=ref, generation=attempt.generation, details=details)
+        try:
+            async for _held in self.fetcher.fetch(
+                artifact, self.store.partial_path(artifact.sha256), offset, endpoint=endpoint
+            ):
+                pass
+        except DownloadError as e:
+            held = self.store.partial_size(artifact.sha256)
+            what = "" if is_model else "data profile: "
+            self.fail(K.EVENT_KIND_DOWNLOAD_FAILED, attempt, f"{what}{e}", offset=str(held))
+            return False
+        done = {"bytes": str(artifact.length), "resumed_from": str(offset)}
+        if not is_model:
+            done["artifact"] = "profile"
+        self.report(K.EVENT_KIND_DOWNLOAD_COMPLETED, model=ref, generation=attempt.generation, details=done)
+        return True
+
+    async def verify(self, attempt: Attempt) -> UpdateEvent:
+        for artifact in attempt.artifacts:
+            event = await self._verify_one(attempt, artifact)
+            if event is not E.DONE:
+                return event
+        return E.DONE
+
+    async def _verify_one(self, attempt: Attempt, artifact: common_pb2.ModelRef) -> UpdateEvent:
+        sha = artifact.sha256
+        fresh = sha in attempt.fetched
+        path = self.store.partial_path(sha) if fresh else self.store.path_for(sha)
+        try:
+            if not fresh and not path.is_file():
+                raise VerifyError(f"artifact {sha} is not in the store")
+            await self._in_thread(
+                f"verifying {sha}", lambda: self.verifier.verify(path, artifact, attempt.desired)
+            )
+            if fresh:
+                path = self.store.promote_partial(artifact)
+        except VerifyError as e:
+            if fresh:
+                # Wrong bytes somewhere: resuming from their length would only keep the damage.
+                self.store.discard_partial(sha)
+                self.fail(K.EVENT_KIND_VERIFY_FAILED, attempt, str(e))
+                return E.FAIL
+            self.store.discard(sha)
+            self.fail(K.EVENT_KIND_VERIFY_FAILED, attempt, f"stored artifact damaged, fetching it again: {e}")
+            return E.CACHE_CORRUPT
+        except (StoreError, StepTimeoutError) as e:
+            self.fail(K.EVENT_KIND_INSTALL_FAILED, attempt, str(e))
+            return E.FAIL
+        if sha == attempt.ref.sha256:
+            attempt.path = path
+        else:
+            attempt.profile_path = path
+        return E.DONE
+
+    async def load(self, attempt: Attempt) -> UpdateEvent:
+        if attempt.path is None:
+            raise RuntimeError("LOADING entered without a verified path")
+        ref = attempt.ref
+        path = attempt.path
+        try:
+            check_memory(
+                self.resources,
+                artifact_bytes=ref.length,
+                factor=self.limits.load_memory_factor,
+                reserve=self.limits.min_free_memory_bytes,
+            )
+            runtime = await self._in_thread(
+                f"loading {ref.name}:{ref.version}",
+                lambda: self.runtimes.load(ref.format, path, self.runtime_options),
+            )
+            await self._in_thread(f"a first run of {ref.name}:{ref.version}", lambda: _warm_up(runtime))
+        except InferenceError as e:
+            self.fail(K.EVENT_KIND_INSTALL_FAILED, attempt, f"the model loads but fails on a first run: {e}")
+            return E.FAIL
+        except (ModelLoadError, ResourceError, StepTimeoutError) as e:
+            self.fail(K.EVENT_KIND_INSTALL_FAILED, attempt, str(e))
+            return E.FAIL
+        attempt.runtime = runtime
+        if attempt.profile_path is not None:
+            self._read_profile(attempt, attempt.profile_path)
+        return E.DONE
+
+    def _read_profile(self, attempt: Attempt, path: Path) -> None:
+        # A profile that does not parse costs the divergence baseline, not the update.
+        try:
+            profile = profile_pb2.DataProfile.FromString(path.read_bytes())
+        except (OSError, DecodeError) as e:
+            attempt.profile_note = f"data profile unusable ({e}); judging against the previous version"
+            return
+        shares = list(profile.class_distribution)
+        if len(shares) >= 2 and sum(shares) > 0:
+            attempt.class_distribution = shares
+        else:
+            attempt.profile_note = (
+                "data profile has no class distribution; judging against the previous version"
+            )
+
+    # -- the swap and the trial ----------------------------------------------------------------------
+
+    async def activate(self, attempt: Attempt) -> UpdateEvent:
+        if attempt.runtime is None:
+            raise RuntimeError("ACTIVATING entered without a loaded runtime")
+        ref = attempt.ref
+        try:
+            # The trial slot first: after a crash from here on, a restart knows a trial was on.
+            self.state.update(trial=ref)
+        except StateFileError as e:
+            self.fail(K.EVENT_KIND_INSTALL_FAILED, attempt, str(e))
+            return E.FAIL
+        previous = self.serving.current
+        candidate = LoadedModel(ref=ref, runtime=attempt.runtime)
+        judge = TrialJudge(self.trial, mode=self.trial.mode, profile_distribution=attempt.class_distribution)
+        session = TrialSession(
+            candidate=candidate,
+            previous=previous,
+            config=self.trial,
+            judge=judge,
+            serving=self.serving,
+            clock=self.clock,
+            started_wall_ms=self.clock.wall_ms(),
+        )
+        attempt.session = session
+        if not self.trial.enabled:
+            return E.DONE
+        session.start()
+        if session.mode is TrialMode.SERVE:
+            self._report_activated(attempt, previous)
+        details = {
+            "mode": session.mode.value,
+            "window_requests": str(self.trial.window_requests),
+            "window_s": f"{self.trial.window_s:g}",
+            "baseline": "profile" if attempt.class_distribution is not None else "previous",
+        }
+        if attempt.profile_note:
+            details["profile"] = attempt.profile_note
+        self.report(K.EVENT_KIND_TRIAL_STARTED, model=ref, generation=attempt.generation, details=details)
+        self.logger.info("trial of %s:%s started (%s)", ref.name, ref.version, session.mode.value)
+        self.on_change()
+        return E.DONE
+
+    def _report_activated(self, attempt: Attempt, previous: LoadedModel | None) -> None:
+        ref = attempt.ref
+        self.logger.info("activated model=%s:%s sha256=%s", ref.name, ref.version, ref.sha256)
+        old = previous.ref if previous is not None else None
+        self.report(
+            K.EVENT_KIND_ACTIVATED,
+            model=ref,
+            generation=attempt.generation,
+            details={"previous": f"{old.name}:{old.version}"} if old is not None else None,
+        )
+
+    async def judge(self, attempt: Attempt) -> UpdateEvent:
+        session = attempt.session
+        if session is None:
+            raise RuntimeError("TRIAL entered without a trial session")
+        if not self.trial.enabled:
+            attempt.verdict = Verdict(True, "none", "trials are disabled on this device")
+            return E.PASS
+        while session.verdict is None:
+            newer = self.pending_generation()
+            if newer > attempt.generation:
+                session.finish(f"the trial was cut short by generation {newer}")
+                break
+            remaining = None if session.deadline is None else session.deadline - self.clock.monotonic()
+            if remaining is not None and remaining <= 0:
+                session.finish("time")
+                break
+            self.wake.clear()
+            await _first_of(session.decided, self.wake, timeout=remaining)
+        attempt.verdict = session.verdict
+        assert attempt.verdict is not None
+        return E.PASS if attempt.verdict.passed else E.REJECT
+
+    # -- after the trial -------------------------------------------------------------------------
+
+    async def commit(self, attempt: Attempt) -> UpdateEvent:
+        ref = attempt.ref
+        saved = self.state.state
+        old = saved.active
+        previous = old if old is not None and old.sha256 != ref.sha256 else saved.previous
+        try:
+            self.state.update(
+                active=ref, previous=previous, trial=None, update=None, applied_generation=attempt.generation
+            )
+        except StateFileError as e:
+            reason = f"cannot record the commit: {e}"
+            self.fail(K.EVENT_KIND_INSTALL_FAILED, attempt, reason)
+            attempt.verdict = Verdict(False, "commit", reason)
+            return E.FAIL
+        session = attempt.session
+        current = self.serving.current
+        if attempt.runtime is not None and (current is None or current.ref.sha256 != ref.sha256):
+            # Shadow mode (or no trial): the new version starts serving only now.
+            self.serving.swap(LoadedModel(ref=ref, runtime=attempt.runtime))
+            self._report_activated(attempt, current)
+        if session is not None:
+            session.end()
+        verdict = attempt.verdict or Verdict(True, "none", "committed")
+        self.report(
+            K.EVENT_KIND_COMMITTED, verdict.reason, model=ref, generation=attempt.generation,
+            details=dict(verdict.figures) or None,
+        )  # fmt: skip
+        self._prune(self.state.state.active, self.state.state.previous)
+        self.last_failure = ""
+        self.on_change()
+        release_free_memory()
+        return E.DONE
+
+    async def roll_back(self, attempt: Attempt) -> UpdateEvent:
+        ref = attempt.ref
+        verdict = attempt.verdict or Verdict(
+            False, "error", self.last_failure or "the update failed after the new version was activated"
+        )
+        session = attempt.session
+        if session is not None:
+            session.rollback_now()
+        saved = self.state.state
+        refusal = Refusal(
+            sha256=ref.sha256,
+            name=ref.name,
+            version=ref.version,
+            generation=attempt.generation,
+            reason=verdict.reason,
+            at_ms=self.clock.wall_ms(),
+        )
+        refused = (*(r for r in saved.refused if r.sha256 != ref.sha256), refusal)
+        event = E.DONE
+        try:
+            self.state.update(
+                trial=None,
+                update=None,
+                applied_generation=max(saved.applied_generation, attempt.generation),
+                refused=refused[-MAX_REFUSED:],
+            )
+        except StateFileError as e:
+            # The committed model serves either way; a restart finds the trial record and judges again.
+            self.report(K.EVENT_KIND_ERROR, f"cannot record the rollback: {e}", model=ref)
+            event = E.FAIL
+        # "refused": the hub records that this device will not take this version again.
+        details = {**verdict.figures, "gate": verdict.gate, "refused": "true"}
+        if session is not None and session.rollback_ms is not None:
+            details["swap_ms"] = f"{session.rollback_ms:.3f}"
+        back_to = (
+            session.previous.ref if session is not None and session.previous is not None else saved.active
+        )
+        if back_to is not None:
+            details["serving"] = f"{back_to.name}:{back_to.version}"
+        reason = f"{ref.name}:{ref.version} rolled back: {verdict.reason}"
+        self.logger.warning("%s", reason)
+        self.report(
+            K.EVENT_KIND_ROLLED_BACK, reason, model=ref, generation=attempt.generation, details=details
+        )
+        self.last_failure = reason
+        self._prune(saved.active, saved.previous)
+        self.on_change()
+        release_free_memory()  # the refused version's session is gone
+        return event
+
+    def _prune(self, *keep: common_pb2.ModelRef | None) -> None:
+        removed = self.store.prune(keep_set(*keep))
+        if removed:
+            self.logger.info("pruned artifacts: %s", ", ".join(removed))
+
+
+async def _first_of(a: asyncio.Event, b: asyncio.Event, *, timeout: float | None) -> None:
+    """Return when either event is set or ``timeout`` seconds passed."""
+    waiters = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

@@ -1,0 +1,206 @@
+"""One trial: routing requests between the new version and the previous one, and rolling back at once.
+
+In ``serve`` mode the new version answers. When it raises or returns NaN/inf,
+the previous version (still loaded) answers that request instead, so a bad
+version costs no failed request. With ``compare_previous`` the previous
+version also runs on every trial request: that gives the judge the previous
+version's class distribution and latency on the very same inputs.
+
+In ``shadow`` mode the previous version answers and the new one runs on the
+same inputs after it; the judge compares the two.
+
+When the judge fails a gate, :meth:`TrialSession.rollback_now` swaps the
+previous version back in right there, inside the request that tripped the gate
+(a reference swap: microseconds, no I/O), and ends the routing. The updater,
+woken through :attr:`TrialSession.decided`, then records the rollback. A pass
+only wakes the updater: it commits (and, in shadow mode, swaps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from edge_agent.clock import Clock
+from edge_agent.config import TrialConfig, TrialMode
+from edge_agent.errors import InferenceError, InputError
+from edge_agent.gates import TrialJudge, Verdict
+from edge_agent.serving import LoadedModel, Prediction, ServingSlot
+from edge_agent.tensors import Array, check_inputs
+from edgefleet_proto.v1 import device_pb2
+
+__all__ = ["TrialSession"]
+
+log = logging.getLogger(__name__)
+
+
+class TrialSession:
+    """A new version on trial beside the previous one; create it on the event loop."""
+
+    def __init__(
+        self,
+        *,
+        candidate: LoadedModel,
+        previous: LoadedModel | None,
+        config: TrialConfig,
+        judge: TrialJudge,
+        serving: ServingSlot,
+        clock: Clock,
+        started_wall_ms: int,
+    ) -> None:
+        self.candidate = candidate
+        self.previous = previous
+        # Shadowing needs something to answer: with no previous version the new one serves.
+        self.mode = config.mode if previous is not None else TrialMode.SERVE
+        self._config = config
+        self.judge = judge
+        self._serving = serving
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self.started = clock.monotonic()
+        self.started_wall_ms = started_wall_ms
+        self.deadline = self.started + config.window_s if config.window_s else None
+        self.decided = asyncio.Event()
+        self.verdict: Verdict | None = None
+        # Monotonic instants of the failed gate and of the previous version serving again.
+        self.failed_at: float | None = None
+        self.swapped_back_at: float | None = None
+
+    # -- lifecycle (the updater) -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Route requests through this trial; in serve mode the new version answers from now on."""
+        if self.mode is TrialMode.SERVE:
+            self._serving.swap(self.candidate)
+        self._serving.begin_trial(self)
+
+    def finish(self, why: str) -> Verdict:
+        """End the trial now ("time", or a sentence such as "superseded by generation 7")."""
+        return self._decide(self.judge.finish(why))
+
+    def end(self) -> None:
+        """Stop routing through this trial (after a commit or a rollback)."""
+        self._serving.end_trial(self)
+
+    def rollback_now(self) -> None:
+        """Serve the previous version again (or nothing, for a first install); idempotent."""
+        self._serving.end_trial(self)
+        if self.swapped_back_at is not None:
+            return
+        current = self._serving.current
+        if current is not None and current.ref.sha256 == self.candidate.ref.sha256:
+            self._serving.swap(self.previous)
+        self.swapped_back_at = self._clock.monotonic()
+
+    @property
+    def rollback_ms(self) -> float | None:
+        """From the failed gate to the previous version serving, when a gate failed."""
+        if self.failed_at is None or self.swapped_back_at is None:
+            return None
+        return (self.swapped_back_at - self.failed_at) * 1000
+
+    def status(self) -> device_pb2.TrialStatus:
+        window_s = self._config.window_s
+        return device_pb2.TrialStatus(
+            model=self.candidate.ref,
+            mode=self.mode.value,
+            started_at_ms=self.started_wall_ms,
+            requests=self.judge.requests,
+            window_requests=self._config.window_requests,
+            window_ends_at_ms=self.started_wall_ms + int(window_s * 1000) if window_s else 0,
+        )
+
+    def _decide(self, verdict: Verdict) -> Verdict:
+        if self.verdict is not None:
+            return self.verdict
+        self.verdict = verdict
+        if not verdict.passed:
+            self.failed_at = self._clock.monotonic()
+            self.rollback_now()
+        self._wake()
+        return verdict
+
+    def _wake(self) -> None:
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self._loop:
+            self.decided.set()
+        else:  # a prediction from another thread (an in-process caller)
+            self._loop.call_soon_threadsafe(self.decided.set)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def predict(self, inputs: Mapping[str, Array]) -> Prediction:
+        if self.mode is TrialMode.SHADOW and self.previous is not None:
+            return self._predict_shadow(self.previous, inputs)
+        return self._predict_serve(inputs)
+
+    def _run(
+        self, model: LoadedModel, inputs: Mapping[str, Array]
+    ) -> tuple[dict[str, Array] | None, float, str]:
+        """(outputs or None, latency ms, error text) of one model on ``inputs``; input errors raise."""
+        checked = check_inputs(model.runtime.inputs, inputs)
+        start = self._clock.monotonic()
+        try:
+            outputs = model.runtime.predict(checked)
+        except InferenceError as e:
+            return None, (self._clock.monotonic() - start) * 1000, str(e)
+        return outputs, (self._clock.monotonic() - start) * 1000, ""
+
+    def _run_reference(self, inputs: Mapping[str, Array]) -> tuple[dict[str, Array] | None, float | None]:
+        if self.previous is None:
+            return None, None
+        try:
+            outputs, latency, error = self._run(self.previous, inputs)
+        except InputError:
+            return None, None  # the versions take different inputs: nothing to compare
+        return (None, None) if error else (outputs, latency)
+
+    def _predict_serve(self, inputs: Mapping[str, Array]) -> Prediction:
+        outputs, latency, error = self._run(self.candidate, inputs)
+        need_fallback = outputs is None
+        ref_outputs: dict[str, Array] | None = None
+        ref_latency: float | None = None
+        if self._config.compare_previous or need_fallback:
+            ref_outputs, ref_latency = self._run_reference(inputs)
+        verdict = self.judge.observe(
+            latency_ms=latency,
+            outputs=outputs,
+            error=error,
+            ref_outputs=ref_outputs,
+            ref_latency_ms=ref_latency,
+        )
+        if verdict is not None:
+            self._decide(verdict)
+        failed = verdict is not None and not verdict.passed
+        if (need_fallback or failed) and ref_outputs is None and self.previous is not None:
+            ref_outputs, ref_latency = self._run_reference(inputs)
+        if (need_fallback or failed) and ref_outputs is not None and self.previous is not None:
+            # The previous version answers the request the new one got wrong.
+            return Prediction(ref_outputs, self.previous.ref, ref_latency or 0.0)
+        if outputs is None:
+            raise InferenceError(f"{error} (the version on trial failed and there is no previous one)")
+        return Prediction(outputs, self.candidate.ref, latency)
+
+    def _predict_shadow(self, previous: LoadedModel, inputs: Mapping[str, Array]) -> Prediction:
+        answer, latency, error = self._run(previous, inputs)
+        if answer is None:
+            # The serving version failed on its own; the trial learns nothing from this request.
+            raise InferenceError(error)
+        try:
+            outputs, new_latency, new_error = self._run(self.candidate, inputs)
+        except InputError as e:
+            outputs, new_latency, new_error = None, 0.0, f"the new version refuses these inputs: {e}"
+        verdict = self.judge.observe(
+            latency_ms=new_latency,
+            outputs=outputs,
+            error=new_error,
+            ref_outputs=answer,
+            ref_latency_ms=latency,
+        )
+        if verdict is not None:
+            self._decide(verdict)
+        return Prediction(answer, previous.ref, latency)

@@ -1,0 +1,218 @@
+"""The broker stops and starts again in the middle of a telemetry stream: nothing acknowledged is lost.
+
+A private Mosquitto (its own port, persistence on, so that the hub's session survives the
+restart as it would on a production broker) runs for this test. The agent streams a
+telemetry window every 50 ms into its on-disk queue; the hub stand-in is a persistent
+QoS 1 session. The test counts end to end: none was dropped, every window the broker
+acknowledged reached the subscriber, and the rest (at most the last one or two, if the
+clean stop could not flush them) are still in the queue on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edge_agent.agent import Agent
+from edge_agent.config import AgentConfig, BackoffConfig, TelemetryConfig
+from edge_agent.outbox import OutMessage
+from edge_agent.trust.config import TrustConfig
+from edgefleet_proto.topics import DeviceTopics
+from edgefleet_proto.v1 import desired_pb2, telemetry_pb2
+from tests.unit.agent.fakes import NO_TRIAL, FakeFetcher, linear_model, ref_for
+
+pytestmark = pytest.mark.integration
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)  # polling state kept by other threads and processes
+
+
+def queued_seqs(path: Path | None, topic: str) -> set[int]:
+    """Telemetry window numbers still in the agent's queue file."""
+    assert path is not None
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT payload FROM outbox WHERE topic = ?", (topic,)).fetchall()
+    return {w.seq for (payload,) in rows for w in telemetry_pb2.TelemetryBatch.FromString(payload).windows}
+
+
+class Broker:
+    """A private Mosquitto with persistence, stopped and started on demand."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.conf = root / "mosquitto.conf"
+        # Started as root, mosquitto drops to its own user: its database folder must be writable to it.
+        store = root / "mosquitto-db"
+        store.mkdir()
+        store.chmod(0o777)
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {store}/\nmax_queued_messages 100000\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stderr=subprocess.DEVNULL)
+        until(self._listening, 10, f"mosquitto on port {self.port}")
+
+    def _listening(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            return True
+        return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: mosquitto saves its sessions, then exits
+            self.proc.wait(10)
+        self.proc = None
+
+
+class Subscriber:
+    """The hub's side: a persistent QoS 1 session that reconnects on its own."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.seqs: list[int] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="hub-restart-test",
+            clean_session=False,
+            protocol=MQTTProtocolVersion.MQTTv311,
+        )
+        self.client.reconnect_delay_set(0.05, 0.2)
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        batch = telemetry_pb2.TelemetryBatch.FromString(msg.payload)
+        with self._lock:
+            self.seqs.extend(w.seq for w in batch.windows)
+
+    def received(self) -> set[int]:
+        with self._lock:
+            return set(self.seqs)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def broker(short_tmp: Path) -> Iterator[Broker]:
+    b = Broker(short_tmp)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_no_acknowledged_telemetry_is_lost_across_a_broker_restart(broker: Broker, short_tmp: Path) -> None:
+    model = linear_model(1.0)
+    fetcher = FakeFetcher()
+    fetcher.add(model)
+    config = AgentConfig.for_simulation(
+        device_id="dev-1",
+        fleet="restart",
+        state_dir=short_tmp / "state",
+        mqtt_port=broker.port,
+        mqtt_protocol="3.1.1",
+        trial=NO_TRIAL,
+        backoff=BackoffConfig(initial_s=0.05, max_s=0.2),
+    )
+    config = replace(
+        config, telemetry=TelemetryConfig(interval_s=0.05), trust=TrustConfig(require_signed=False)
+    )
+    topic = DeviceTopics("restart", "dev-1").telemetry
+    hub = Subscriber(broker.port, topic)
+    produced: list[int] = []
+
+    async def scenario() -> None:
+        agent = Agent(config, fetcher=fetcher)
+        put = agent.outbox.put
+
+        def counting_put(message: OutMessage) -> None:
+            if message.topic == topic:
+                produced.extend(
+                    w.seq for w in telemetry_pb2.TelemetryBatch.FromString(message.payload).windows
+                )
+            put(message)
+
+        agent.outbox.put = counting_put  # type: ignore[method-assign]
+        desired = desired_pb2.DesiredState(
+            device_id="dev-1", fleet="restart", generation=1, model=ref_for(model)
+        )
+        assert await agent.updater.apply(desired)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+
+        async def wait(condition: Callable[[], bool], what: str) -> None:
+            async with asyncio.timeout(20):
+                while not condition():
+                    await asyncio.sleep(0.01)  # polling other threads' state
+
+        try:
+            await wait(lambda: len(hub.received()) >= 10, "the stream to reach the hub")
+            await asyncio.to_thread(broker.stop)
+            before = len(produced)
+            await wait(
+                lambda: len(agent.outbox) >= 10 and len(produced) >= before + 10, "windows queued on disk"
+            )
+            queued_during_outage = len(agent.outbox)
+            await asyncio.to_thread(broker.start)
+            await wait(lambda: agent.link.connections >= 2, "the agent to reconnect")
+            await wait(lambda: len(produced) >= before + 30, "the stream to go on")
+        finally:
+            stop.set()
+            await task
+        assert queued_during_outage >= 10
+        assert agent.outbox.dropped == 0
+
+    try:
+        run(scenario())
+        # What the broker did not acknowledge before the agent stopped is still in the queue on disk.
+        waiting = queued_seqs(config.queue.path, topic)
+        acknowledged = set(produced) - waiting
+        try:
+            until(lambda: hub.received() >= acknowledged, 20, "every acknowledged window at the hub")
+        except AssertionError as e:
+            missing = sorted(acknowledged - hub.received())
+            raise AssertionError(f"{e}: missing {missing} of {len(produced)}") from None
+    finally:
+        hub.close()
+    assert sorted(set(produced)) == list(range(produced[0], produced[0] + len(set(produced))))
+    assert len(waiting) <= 2, f"the clean stop flushed the queue, leaving at most the last windows: {waiting}"
+    assert hub.received() | waiting == set(produced)
