@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cloud import cli_firmware, cli_keys, cli_rollbacks, cli_train
+from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console
+from cloud.cli_common import fail as _fail
+from cloud.cli_common import print_json as _print_json
 from cloud.client import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 app = typer.Typer(help="edgefleet hub and fleet CLI.", no_args_is_help=True, add_completion=False)
@@ -27,41 +27,9 @@ cli_train.register(app, models_app)  # fleet train, fleet models optimize|show, 
 app.add_typer(cli_keys.keys_app, name="keys")  # fleet keys init|rotate|sign|status|root
 app.add_typer(cli_firmware.firmware_app, name="firmware")  # fleet firmware build|delta|push|ls|assign
 
-console = Console()
-err_console = Console(stderr=True)
-
-
-class Output(StrEnum):
-    table = "table"
-    json = "json"
-
-
-HubUrl = Annotated[
-    str, typer.Option("--hub-url", envvar="EDGEFLEET_HUB_URL", help="Base URL of the hub's HTTP API.")
-]
-Token = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="EDGEFLEET_TOKEN",
-        help="API token (default: the hub's admin.token in EDGEFLEET_DATA_DIR).",
-        show_default=False,
-    ),
-]
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
-
 
 def _client(hub_url: str, token: str | None) -> HubClient:
     return HubClient(hub_url, resolve_token(token))
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _model_label(m: dict[str, Any] | None) -> str:

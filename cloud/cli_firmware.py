@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console, err_console
+from cloud.cli_common import fail as _fail
 from cloud.client import HubError, resolve_token
 from cloud.client_signing import SigningClient
 from cloud.validation import parse_label_selector
@@ -23,17 +24,6 @@ from firmware_images.format import BundleError
 firmware_app = typer.Typer(
     help="Firmware images: signed bundles, deltas, A/B installs.", no_args_is_help=True
 )
-console = Console()
-err = Console(stderr=True)
-
-HubUrl = Annotated[str, typer.Option("--hub-url", envvar="EDGEFLEET_HUB_URL", help="The hub's HTTP API.")]
-Token = Annotated[str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="An API token.")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
 
 
 @firmware_app.command("build")
@@ -57,7 +47,7 @@ def build(
     except (OSError, BundleError) as e:
         raise _fail(str(e)) from e
     bundle.write(out)
-    err.print(f"wrote {out} ({bundle.length} bytes, sha256 {bundle.sha256})")
+    err_console.print(f"wrote {out} ({bundle.length} bytes, sha256 {bundle.sha256})")
 
 
 @firmware_app.command("delta")
@@ -76,7 +66,7 @@ def delta(
         raise _fail("the delta is larger than the new image")
     made.write(out)
     full = load_bundle(new).length
-    err.print(
+    err_console.print(
         f"wrote {out}: {made.length} bytes ({made.length / full:.1%} of the full bundle), "
         f"{made.manifest.algorithm}"
     )
@@ -87,7 +77,7 @@ def push(
     bundle: Annotated[Path, typer.Argument(help="A .efw bundle.")],
     hub_url: HubUrl = "http://127.0.0.1:8080",
     token: Token = None,
-    as_json: Json = False,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Register a bundle with the hub (which signs it and makes a delta from the previous image)."""
     try:
@@ -95,7 +85,7 @@ def push(
             result = client.push_firmware(bundle)
     except HubError as e:
         raise _fail(str(e)) from e
-    if as_json:
+    if output is Output.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
     for row in result["data"]:
@@ -111,7 +101,7 @@ def ls(
     name: Annotated[str | None, typer.Option()] = None,
     hub_url: HubUrl = "http://127.0.0.1:8080",
     token: Token = None,
-    as_json: Json = False,
+    output: OutputOpt = Output.table,
 ) -> None:
     """List registered firmware images and deltas."""
     try:
@@ -119,7 +109,7 @@ def ls(
             rows = client.list_firmware(name)
     except HubError as e:
         raise _fail(str(e)) from e
-    if as_json:
+    if output is Output.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table("name", "hardware", "version", "kind", "bytes", "target")

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console, err_console
+from cloud.cli_common import fail as _fail
 from cloud.client import HubError, resolve_token
 from cloud.client_signing import SigningClient
 from cloud.tuf.errors import KeyCustodyError, RotationError
@@ -27,11 +28,6 @@ from cloud.tuf.keys import KeyDir
 from cloud.tuf.offline import describe_root, generate_root_keys, key_to_dict, sign_root_json
 
 keys_app = typer.Typer(help="The update repository's signing keys.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
-
-HubUrl = Annotated[str, typer.Option("--hub-url", envvar="EDGEFLEET_HUB_URL", help="The hub's HTTP API.")]
-Token = Annotated[str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="An admin API token.")]
 RootDirs = Annotated[
     list[Path] | None,
     typer.Option("--root-dir", help="A folder of root keys (repeat for several custodians' folders)."),
@@ -43,16 +39,10 @@ PassFile = Annotated[
         help="File holding the root keys' passphrase (else EDGEFLEET_ROOT_PASSPHRASE, else a prompt).",
     ),
 ]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _client(hub_url: str, token: str | None) -> SigningClient:
     return SigningClient(hub_url, resolve_token(token))
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
 
 
 def _passphrase(path: Path | None, *, confirm: bool = False, what: str = "root keys") -> bytes:
@@ -73,7 +63,7 @@ def _sign_and_send(client: SigningClient, rotation: dict[str, Any], folders: lis
     if rotation["state"] != "pending":
         return rotation
     for line in describe_root(rotation["root_json"]):
-        err.print(line)
+        err_console.print(line)
     wanted = set(rotation["old_keyids"]) | set(rotation["new_keyids"])
     signatures = sign_root_json(rotation["root_json"], folders, wanted)
     if not signatures:
@@ -99,14 +89,16 @@ def _report(rotation: dict[str, Any], as_json: bool) -> None:
 
 
 @keys_app.command("status")
-def status(hub_url: HubUrl = "http://127.0.0.1:8080", token: Token = None, as_json: Json = False) -> None:
+def status(
+    hub_url: HubUrl = "http://127.0.0.1:8080", token: Token = None, output: OutputOpt = Output.table
+) -> None:
     """Roles, key ids, thresholds, versions and expiry; pending rotations."""
     try:
         with _client(hub_url, token) as client:
             data = client.keys()
     except HubError as e:
         raise _fail(str(e)) from e
-    if as_json:
+    if output is Output.json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     table = Table("role", "version", "expires", "threshold", "key ids")
@@ -138,7 +130,7 @@ def init(
     old_root_dir: RootDirs = None,
     hub_url: HubUrl = "http://127.0.0.1:8080",
     token: Token = None,
-    as_json: Json = False,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Create offline root keys and make them the repository's root (replacing a development root).
 
@@ -162,8 +154,8 @@ def init(
             rotation = _sign_and_send(client, rotation, folders)
     except (HubError, KeyCustodyError, RotationError) as e:
         raise _fail(str(e)) from e
-    err.print(f"created {keys} root key(s) in {root_dir}; keep them offline")
-    _report(rotation, as_json)
+    err_console.print(f"created {keys} root key(s) in {root_dir}; keep them offline")
+    _report(rotation, output is Output.json)
 
 
 @keys_app.command("rotate")
@@ -178,7 +170,7 @@ def rotate(
     threshold: Annotated[int, typer.Option("--threshold", min=1, help="For root: the new threshold.")] = 1,
     hub_url: HubUrl = "http://127.0.0.1:8080",
     token: Token = None,
-    as_json: Json = False,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Replace a role's keys: a new root version, signed with the root keys in --root-dir."""
     try:
@@ -198,7 +190,7 @@ def rotate(
                 rotation = _sign_and_send(client, rotation, folders)
     except (HubError, KeyCustodyError, RotationError) as e:
         raise _fail(str(e)) from e
-    _report(rotation, as_json)
+    _report(rotation, output is Output.json)
 
 
 @keys_app.command("sign")
@@ -208,7 +200,7 @@ def sign(
     passphrase_file: PassFile = None,
     hub_url: HubUrl = "http://127.0.0.1:8080",
     token: Token = None,
-    as_json: Json = False,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Add this custodian's root-key signatures to a pending rotation."""
     try:
@@ -217,7 +209,7 @@ def sign(
             rotation = _sign_and_send(client, client.rotation(rotation_id), folders)
     except (HubError, KeyCustodyError, RotationError) as e:
         raise _fail(str(e)) from e
-    _report(rotation, as_json)
+    _report(rotation, output is Output.json)
 
 
 @keys_app.command("root")
@@ -234,4 +226,4 @@ def root(
     except HubError as e:
         raise _fail(str(e)) from e
     out.write_bytes(data)
-    err.print(f"wrote {out} ({len(data)} bytes)")
+    err_console.print(f"wrote {out} ({len(data)} bytes)")

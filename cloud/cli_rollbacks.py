@@ -10,31 +10,15 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console, err_console
 from cloud.client import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 rollbacks_app = typer.Typer(
     help="Versions devices rolled back on their own; the hub does not offer them to those devices again.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
-
-HubUrl = Annotated[
-    str, typer.Option("--hub-url", envvar="EDGEFLEET_HUB_URL", help="Base URL of the hub's HTTP API.")
-]
-Token = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="EDGEFLEET_TOKEN",
-        help="API token (default: the hub's admin.token).",
-        show_default=False,
-    ),
-]
-
 # The figures worth a column; the rest stay in the JSON output.
 _FIGURES = ("requests", "js_divergence", "p95_ms", "previous_p95_ms", "disagreement", "swap_ms")
 
@@ -45,21 +29,18 @@ def rollbacks_ls(
     model: Annotated[str | None, typer.Option(help="Only this model name.")] = None,
     version: Annotated[str | None, typer.Option(help="Only this model version.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Newest first, at most this many.")] = 100,
-    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+    output: OutputOpt = Output.table,
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
 ) -> None:
     """List device rollbacks: which version, why (the failed gate) and what the device measured."""
-    if output not in ("table", "json"):
-        err.print(f"[bold red]error:[/] --output expects table or json, got {output!r}")
-        raise typer.Exit(2)
     try:
         with HubClient(hub_url, resolve_token(token)) as client:
             rows = client.list_rollbacks(device=device, model=model, version=version, limit=limit)
     except HubError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        err_console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(1) from e
-    if output == "json":
+    if output is Output.json:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
         return
     table = Table("when", "device", "version", "gate", "figures", "reason", title=f"{len(rows)} rollback(s)")

@@ -9,13 +9,10 @@ stderr, so ``--output json`` keeps stdout to one JSON document.
 from __future__ import annotations
 
 import json
-import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,6 +24,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console, err_console
+from cloud.cli_common import fail as _fail
+from cloud.cli_common import print_json as _print_json
 from cloud.client import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 if TYPE_CHECKING:
@@ -36,28 +36,6 @@ __all__ = ["experiments_app", "models_optimize", "models_show", "register", "tra
 
 experiments_app = typer.Typer(help="Training runs and their lineage.", no_args_is_help=True)
 
-console = Console()
-err_console = Console(stderr=True)
-
-
-class Output(StrEnum):
-    table = "table"
-    json = "json"
-
-
-HubUrl = Annotated[
-    str, typer.Option("--hub-url", envvar="EDGEFLEET_HUB_URL", help="Base URL of the hub's HTTP API.")
-]
-Token = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="EDGEFLEET_TOKEN",
-        help="API token (default: the hub's admin.token).",
-        show_default=False,
-    ),
-]
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
 RunsDir = Annotated[Path, typer.Option(help="Folder that holds one folder per training run.")]
 
 
@@ -67,15 +45,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     app.add_typer(experiments_app, name="experiments")
     models_app.command("optimize")(models_optimize)
     models_app.command("show")(models_show)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _client(hub_url: str, token: str | None) -> HubClient:

@@ -99,6 +99,7 @@ def run_signing_step(
     out: Console,
     timeout: float,
 ) -> dict[str, Any]:
+    from cloud.cli_common import Output
     from cloud.cli_keys import rotate
 
     signing = SigningClient(api_url, token)
@@ -115,7 +116,7 @@ def run_signing_step(
     )
     # 1. `fleet keys rotate targets`, the command's own code, against this hub.
     rotate(role="targets", root_dir=None, passphrase_file=None, new_root_dir=None, keys=1, threshold=1,
-           hub_url=api_url, token=token, as_json=False)  # fmt: skip
+           hub_url=api_url, token=token, output=Output.table)  # fmt: skip
     after = {r["role"]: r for r in signing.keys()["roles"]}
     out.print(
         f"[bold]keys[/]     rotated the targets key: root v{before['root']['version']} -> "

@@ -36,7 +36,7 @@ def fleet(hub: Hub, *args: str) -> tuple[int, str]:
 
 
 def test_keys_status_rotate_and_root(hub: Hub, tmp_path: Path) -> None:
-    code, out = fleet(hub, "keys", "status", "--json")
+    code, out = fleet(hub, "keys", "status", "-o", "json")
     assert code == 0, out
     status = json.loads(out)
     assert status["root_keys_on_hub"] is True
@@ -68,11 +68,13 @@ def test_firmware_build_push_ls(hub: Hub, tmp_path: Path) -> None:
 
     code, out = fleet(hub, "firmware", "push", str(out_file))
     assert code == 0, out
-    code, out = fleet(hub, "firmware", "push", str(SAMPLE_DIR / "edgefleet-fw-sim-board-1.1.0.efw"), "--json")
+    code, out = fleet(
+        hub, "firmware", "push", str(SAMPLE_DIR / "edgefleet-fw-sim-board-1.1.0.efw"), "-o", "json"
+    )
     assert code == 0, out
     assert sorted(r["kind"] for r in json.loads(out)["data"]) == ["delta", "full"]
 
-    code, out = fleet(hub, "firmware", "ls", "--json")
+    code, out = fleet(hub, "firmware", "ls", "-o", "json")
     assert code == 0, out
     assert [(r["version"], r["kind"]) for r in json.loads(out)] == [("1.0.0", "full"), ("1.1.0", "full"),
                                                                      ("1.1.0", "delta")]  # fmt: skip
