@@ -19,6 +19,7 @@ import httpx
 import pytest
 from tuf.ngclient import Updater
 
+from cloud.cli_common import Output
 from cloud.cli_keys import init as keys_init
 from cloud.cli_keys import rotate as keys_rotate
 from cloud.client_signing import SigningClient
@@ -114,7 +115,7 @@ def test_keys_init_moves_root_offline_and_devices_follow(
     install_root(device, client.root_metadata(1))
     usb = tmp_path / "usb"
     keys_init(root_dir=usb, keys=3, threshold=2, passphrase_file=None, old_root_dir=None,
-              hub_url=hub.api_url, token=hub.admin_token, as_json=False)  # fmt: skip
+              hub_url=hub.api_url, token=hub.admin_token, output=Output.table)  # fmt: skip
     status = client.keys()
     assert not status["root_keys_on_hub"]
     root = next(r for r in status["roles"] if r["role"] == "root")
@@ -124,7 +125,7 @@ def test_keys_init_moves_root_offline_and_devices_follow(
     pending = client.propose_rotation("timestamp")
     assert pending["state"] == "pending" and pending["missing"]["previous root"] == 2
     keys_rotate(role="director", root_dir=[usb], passphrase_file=None, new_root_dir=None, keys=1, threshold=1,
-                hub_url=hub.api_url, token=hub.admin_token, as_json=False)  # fmt: skip
+                hub_url=hub.api_url, token=hub.admin_token, output=Output.table)  # fmt: skip
     assert next(r for r in client.keys()["roles"] if r["role"] == "root")["version"] == 3
 
     channels = SyncChannels()
