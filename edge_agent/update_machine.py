@@ -23,7 +23,7 @@ count past the limit posts LOOP ("state looping detected"), which rolls back.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -127,6 +127,11 @@ class UpdateMachine:
         self._state = state
         self._table = table
         self.history: list[UpdateState] = [state]
+        self._listeners: list[Callable[[UpdateState], None]] = []
+
+    def add_listener(self, listener: Callable[[UpdateState], None]) -> None:
+        """Call ``listener`` with the new state after every transition (no I/O: it must be quick)."""
+        self._listeners.append(listener)
 
     @property
     def state(self) -> UpdateState:
@@ -146,4 +151,6 @@ class UpdateMachine:
             ) from None
         self._state = nxt
         self.history.append(nxt)
+        for listener in self._listeners:
+            listener(nxt)
         return nxt

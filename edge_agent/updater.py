@@ -108,6 +108,9 @@ class Updater:
         # Called after anything the status message shows has changed (slots, generation, trial).
         self._on_change = on_change
         self.machine = UpdateMachine()
+        # Set on every transition, so callers wait for a state instead of polling for it.
+        self._transitioned = asyncio.Event()
+        self.machine.add_listener(lambda _state: self._transitioned.set())
         self._pending: desired_pb2.DesiredState | None = None
         self._in_flight: desired_pb2.DesiredState | None = None
         self._failed: desired_pb2.DesiredState | None = None
@@ -157,6 +160,17 @@ class Updater:
         if attempt is None or attempt.session is None or self.machine.state not in (S.TRIAL, S.ACTIVATING):
             return None
         return attempt.session
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Return once ``predicate()`` holds, checking it after every state transition.
+
+        Raises TimeoutError after ``timeout`` seconds. Only state the machine's transitions change
+        (its state, its history, the trial in progress) makes a useful predicate.
+        """
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._transitioned.clear()
+                await self._transitioned.wait()
 
     def poke(self) -> None:
         """Re-check a running trial's clock now (tests move a fake clock, then poke)."""

@@ -149,7 +149,7 @@ def test_signed_delta_installs_and_a_broken_delta_falls_back_to_the_full_image(w
     delta_path = f"firmware/{d.name}/{d.hardware_id}/{d.base_version}-{d.version}/{delta.sha256}.efwd"
     world.sim.add_target(delta_path, delta.data, {**d.custom(), "hardware": [d.hardware_id]})
     ref = publish(world, V2, deltas={V1.manifest.payload_sha256: delta_path})
-    world.sim.swap_artifacts[delta.sha256] = delta.data[:-5] + b"XXXXX"  # the delta arrives damaged
+    world.sim.swap_artifacts[delta.sha256] = delta.data[:-5] + bytes(5)  # the delta arrives damaged
     outcome = world.apply(offer(world, ref))
     assert outcome.installed, outcome
     assert world.device.firmware.slots.image_path("b").read_bytes() == V2.payload

@@ -68,7 +68,10 @@ class Broker:
     def __init__(self, root: Path) -> None:
         self.port = free_port()
         self.conf = root / "mosquitto.conf"
-        # Started as root, mosquitto drops to its own user: its database folder must be writable to it.
+        # Started as root, mosquitto drops to its own user: its database folder must be writable to it,
+        # and every folder above it searchable, or it cannot save its sessions on SIGTERM (silently) and
+        # the hub's persistent session would not survive the restart.
+        root.chmod(root.stat().st_mode | 0o011)
         store = root / "mosquitto-db"
         store.mkdir()
         store.chmod(0o777)
@@ -99,7 +102,8 @@ class Subscriber:
 
     def __init__(self, port: int, topic: str) -> None:
         self.seqs: list[int] = []
-        self._lock = threading.Lock()
+        # Notified on every batch, so a test waits for windows instead of polling for them.
+        self._arrived = threading.Condition()
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id="hub-restart-test",
@@ -107,19 +111,30 @@ class Subscriber:
             protocol=MQTTProtocolVersion.MQTTv311,
         )
         self.client.reconnect_delay_set(0.05, 0.2)
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        # session_present of every connect: after the restart the broker must have kept the session.
+        self.sessions: list[bool] = []
+        self.client.on_connect = lambda c, _u, flags, *_: (
+            self.sessions.append(flags.session_present),
+            c.subscribe(topic, qos=1),
+        )
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
 
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         batch = telemetry_pb2.TelemetryBatch.FromString(msg.payload)
-        with self._lock:
+        with self._arrived:
             self.seqs.extend(w.seq for w in batch.windows)
+            self._arrived.notify_all()
 
     def received(self) -> set[int]:
-        with self._lock:
+        with self._arrived:
             return set(self.seqs)
+
+    def wait_for(self, predicate: Callable[[set[int]], bool], timeout: float) -> bool:
+        """Wait until ``predicate`` holds for the windows received so far; False on timeout."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: predicate(set(self.seqs)), timeout)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -185,7 +200,9 @@ def test_no_acknowledged_telemetry_is_lost_across_a_broker_restart(broker: Broke
                     await asyncio.sleep(0.01)  # polling other threads' state
 
         try:
-            await wait(lambda: len(hub.received()) >= 10, "the stream to reach the hub")
+            assert await asyncio.to_thread(hub.wait_for, lambda got: len(got) >= 10, 20), (
+                "the stream did not reach the hub within 20 s"
+            )
             await asyncio.to_thread(broker.stop)
             before = len(produced)
             await wait(
@@ -207,12 +224,15 @@ def test_no_acknowledged_telemetry_is_lost_across_a_broker_restart(broker: Broke
         waiting = queued_seqs(config.queue.path, topic)
         acknowledged = set(produced) - waiting
         try:
-            until(lambda: hub.received() >= acknowledged, 20, "every acknowledged window at the hub")
+            if not hub.wait_for(lambda got: got >= acknowledged, 20):
+                raise AssertionError("timed out after 20 s waiting for every acknowledged window at the hub")
         except AssertionError as e:
             missing = sorted(acknowledged - hub.received())
             raise AssertionError(f"{e}: missing {missing} of {len(produced)}") from None
     finally:
         hub.close()
+    # The hub's persistent session came back with the broker (else delivery would be a race).
+    assert len(hub.sessions) >= 2 and hub.sessions[-1] is True, hub.sessions
     assert sorted(set(produced)) == list(range(produced[0], produced[0] + len(set(produced))))
     assert len(waiting) <= 2, f"the clean stop flushed the queue, leaving at most the last windows: {waiting}"
     assert hub.received() | waiting == set(produced)

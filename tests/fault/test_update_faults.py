@@ -14,6 +14,7 @@ Peers are in memory (FakeFetcher, FakeResources); onnxruntime and the files are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,7 +160,16 @@ async def with_traffic(agent: Agent, case: Case, work: Awaitable[None], failures
             except Exception as e:  # collected: the test says there are none
                 failures.append(e)
             i += 1
-        await asyncio.sleep(0.001)  # a request every millisecond or so
+            await asyncio.sleep(0)  # a yield, not a wait: the updater judges what the request showed
+            continue
+        # No trial on: nothing to send until the machine moves into one, or the work ends.
+        trial_on = asyncio.ensure_future(
+            agent.updater.wait_until(lambda: agent.updater.trial is not None, timeout=60)
+        )
+        await asyncio.wait({task, trial_on}, return_when=asyncio.FIRST_COMPLETED)
+        trial_on.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await trial_on
     await task
 
 
@@ -168,9 +178,8 @@ def finished(agent: Agent) -> bool:
     return len(history) > 1 and history[-1] in (S.IDLE, S.ROLLED_BACK)
 
 
-async def until(predicate: Callable[[], bool]) -> None:
-    while not predicate():
-        await asyncio.sleep(0.001)
+async def until(agent: Agent, predicate: Callable[[], bool]) -> None:
+    await agent.updater.wait_until(predicate, timeout=30)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -207,7 +216,7 @@ def test_a_fault_in_one_state_walks_the_expected_chain(tmp_path: Path, name: str
             assert agent.active_model is not None and agent.active_model.ref == REFS["identity"]
             loop = asyncio.create_task(agent.updater.run())
             try:
-                await with_traffic(agent, case, until(lambda: finished(agent)), failures)
+                await with_traffic(agent, case, until(agent, lambda: finished(agent)), failures)
             finally:
                 loop.cancel()
             assert agent.updater.machine.history == case.after_reboot

@@ -7,6 +7,7 @@ new agent started on the same state folder, exactly as after kill -9 or a power 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.agent import Agent
@@ -44,9 +45,8 @@ async def restarted(root: Path, **kw: object) -> tuple[Agent, asyncio.Task[None]
     return agent, asyncio.create_task(agent.updater.run())
 
 
-async def until(predicate: object, agent: Agent) -> None:
-    while not predicate():  # type: ignore[operator]
-        await asyncio.sleep(0)
+async def until(predicate: Callable[[], bool], agent: Agent) -> None:
+    await agent.updater.wait_until(predicate, timeout=10)
 
 
 def test_a_crash_during_the_trial_restarts_on_the_committed_model_and_resumes_the_trial(

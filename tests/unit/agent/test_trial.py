@@ -88,10 +88,14 @@ class Traffic:
 
 
 async def start_trial(agent: Agent, kind: str, generation: int = 2) -> asyncio.Task[bool]:
+    history = agent.updater.machine.history
+    seen = len(history)
     task = asyncio.create_task(agent.updater.apply(desired(kind, generation)))
-    while agent.updater.machine.state is not S.TRIAL:
-        assert not task.done(), [e.reason for e in events(agent)]
-        await asyncio.sleep(0)  # yield to the updater until it enters the trial
+    # This attempt either reaches its trial or comes to rest without one.
+    await agent.updater.wait_until(
+        lambda: any(st in (S.TRIAL, S.FAILED, S.ROLLED_BACK) for st in history[seen:]), timeout=10
+    )
+    assert agent.updater.machine.state is S.TRIAL, [e.reason for e in events(agent)]
     return task
 
 
@@ -265,13 +269,16 @@ def test_a_newer_desired_state_ends_the_trial_early_on_what_it_saw(tmp_path: Pat
         loop = asyncio.create_task(agent.updater.run())
         try:
             agent.on_desired(desired("scaled", 2).SerializeToString())
-            while agent.updater.trial is None:
-                await asyncio.sleep(0)
+            await agent.updater.wait_until(lambda: agent.updater.trial is not None, timeout=10)
             Traffic(agent).send(5)
             agent.on_desired(desired("identity", 3).SerializeToString())
             await agent.wait_serving(REFS["identity"].sha256, timeout=5)
-            while agent.updater.trial is None or agent.updater.trial.candidate.ref != REFS["identity"]:
-                await asyncio.sleep(0)
+            await agent.updater.wait_until(
+                lambda: (
+                    agent.updater.trial is not None and agent.updater.trial.candidate.ref == REFS["identity"]
+                ),
+                timeout=10,
+            )
         finally:
             loop.cancel()
         got = events(agent)

@@ -136,3 +136,13 @@ def test_every_state_is_reachable_and_every_working_state_can_end() -> None:
     for state in WORKING:
         assert any(s is state for s, _ in TRANSITIONS), state
     assert RESTING.isdisjoint(WORKING)
+
+
+def test_listeners_hear_every_transition_in_order() -> None:
+    machine = UpdateMachine()
+    heard: list[UpdateState] = []
+    machine.add_listener(heard.append)
+    machine.post(UpdateEvent.FETCH)
+    machine.post(UpdateEvent.DONE)
+    assert heard == [UpdateState.DOWNLOADING, UpdateState.VERIFYING]
+    assert machine.history[1:] == heard
