@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import BinaryIO, Protocol, Self, runtime_checkable
 
 from cloud.errors import InvalidArtifactError, InvalidInputError, NotFoundError, TooLargeError
+from model_tools.atomic import fsync_dir
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 COPY_CHUNK = 1024 * 1024
@@ -56,14 +57,6 @@ def _chunks(stream: Readable | Iterable[bytes]) -> Iterable[bytes]:
     if isinstance(stream, Readable):
         return iter(lambda: stream.read(COPY_CHUNK), b"")
     return stream
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ArtifactWriter:
@@ -118,7 +111,7 @@ class ArtifactWriter:
             final.parent.mkdir(parents=True, exist_ok=True)
             self._tmp.replace(final)
             self._committed = True
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except BaseException:
             self.abort()
             raise

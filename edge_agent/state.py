@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,8 +34,9 @@ from google.protobuf.message import DecodeError
 
 from edge_agent.clock import Clock
 from edge_agent.errors import StateFileError, StoreError
-from edge_agent.store import check_sha256, fsync_dir
+from edge_agent.store import check_sha256
 from edgefleet_proto.v1 import common_pb2, desired_pb2
+from model_tools.atomic import atomic_write
 
 __all__ = [
     "AgentState",
@@ -343,22 +341,9 @@ class StateFile:
         return f"state file {self.path} {why}; starting with an empty state (the damaged file was {kept})"
 
     def save(self, state: AgentState) -> None:
-        folder = self.path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=folder)
+            atomic_write(self.path, _encode(state))
         except OSError as e:
-            raise StateFileError(f"cannot write state file in {folder}: {e.strerror}") from e
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(_encode(state))
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).replace(self.path)
-            fsync_dir(folder)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                Path(tmp).unlink()
             raise StateFileError(f"cannot write state file {self.path}: {e.strerror}") from e
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edge_agent.errors import DigestMismatchError, LengthMismatchError, StoreError
 from edgefleet_proto.v1 import common_pb2
+from model_tools.atomic import fsync_dir
 from model_tools.hashing import sha256_file
 
 __all__ = ["ArtifactStore", "check_sha256", "fsync_dir"]
@@ -31,15 +32,6 @@ def check_sha256(value: str) -> str:
     if not isinstance(value, str) or not _HEX64.fullmatch(value):
         raise StoreError(f"invalid sha256 {value!r}: expected 64 lowercase hex digits")
     return value
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry so that a rename inside it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ArtifactStore:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model_tools.atomic import atomic_write
 from model_tools.errors import BundleError
 from model_tools.hashing import sha256_file
 
@@ -244,19 +244,8 @@ class BundleManifest:
 
 def write_manifest(directory: str | os.PathLike[str], manifest: BundleManifest) -> Path:
     """Write ``manifest.json`` into ``directory`` atomically (temp file, fsync, rename)."""
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(manifest.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    target = Path(directory) / MANIFEST_NAME
+    atomic_write(target, manifest.to_json())
     return target
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +13,7 @@ from sqlmodel import Session, select
 from cloud.clock import Clock, utcnow
 from cloud.errors import ConflictError
 from cloud.models import ApiToken, Role
+from model_tools.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +50,6 @@ def authenticate(session: Session, token: str) -> ApiToken | None:
     return session.exec(select(ApiToken).where(ApiToken.token_sha256 == token_digest(token))).first()
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, atomically (temp file in the same folder, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates it 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def ensure_admin_token(session: Session, path: Path, *, clock: Clock = utcnow) -> str | None:
     """Create an admin token and write it to ``path`` (mode 0600) when no admin token exists.
 
@@ -78,7 +62,7 @@ def ensure_admin_token(session: Session, path: Path, *, clock: Clock = utcnow) -
         name = f"{BOOTSTRAP_ADMIN}-{secrets.token_hex(4)}"
     secret = secrets.token_urlsafe(32)
     # File first: a token in the database that nobody can read would lock the hub's owner out.
-    _write_private(path, secret)
+    atomic_write(path, secret + "\n")  # only its owner can read it
     _insert(session, name, Role.ADMIN, secret, clock)
     log.warning("created the first admin API token; it is in %s (readable by this user only)", path)
     return secret

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import (
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from cloud.tuf.errors import KeyCustodyError, PassphraseError
+from model_tools.atomic import atomic_write
 
 __all__ = ["ONLINE_ROLES", "KeyDir", "OnlineKeys", "generate_signer", "read_or_create_passphrase"]
 
@@ -43,19 +43,7 @@ def generate_signer() -> CryptoSigner:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
-        raise
+    atomic_write(path, data, mode=0o600, folder_mode=0o700)
 
 
 def read_or_create_passphrase(path: Path) -> bytes:

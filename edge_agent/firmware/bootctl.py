@@ -13,16 +13,13 @@ folder), so a power cut leaves the old or the new boot decision, never half of o
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.errors import StateFileError
-from edge_agent.store import fsync_dir
+from model_tools.atomic import atomic_write
 
 __all__ = ["BootControl", "BootControlFile", "SlotImage", "SlotName", "other_slot"]
 
@@ -180,20 +177,7 @@ class BootControlFile:
             raise StateFileError(f"boot-control file {self.path} is corrupt: {e}") from e
 
     def save(self, control: BootControl) -> None:
-        folder = self.path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=folder)
+            atomic_write(self.path, control.to_json())
         except OSError as e:
-            raise StateFileError(f"cannot write boot-control file in {folder}: {e.strerror}") from e
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(control.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).replace(self.path)
-            fsync_dir(folder)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                Path(tmp).unlink()
             raise StateFileError(f"cannot write boot-control file {self.path}: {e.strerror}") from e

@@ -16,7 +16,6 @@ own explanation kept in the message and in ``__cause__``.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from edge_agent.store import fsync_dir
 from edge_agent.trust.director import DirectorKeys
 from edge_agent.trust.errors import (
     HostileTargetError,
@@ -45,6 +43,7 @@ from edge_agent.trust.errors import (
 )
 from edge_agent.trust.targets import SignedTarget, check_target_path
 from edge_agent.trust.transport import METADATA_URL, TARGETS_URL
+from model_tools.atomic import atomic_write
 
 __all__ = ["RefreshResult", "TrustLimits", "TrustedRepository", "install_root"]
 
@@ -94,14 +93,8 @@ def install_root(trust_dir: Path, root: bytes) -> int:
         md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
     except tuf_errors.UnsignedMetadataError as e:
         raise NotProvisionedError(f"root v{md.signed.version} is not signed by its own root keys: {e}") from e
-    trust_dir.mkdir(parents=True, exist_ok=True)
-    tmp = trust_dir / "root.json.tmp"
-    with tmp.open("wb") as f:
-        f.write(root)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(trust_dir / "root.json")
-    fsync_dir(trust_dir)
+    # Public metadata: readable by the apps' group like the rest of the state folder.
+    atomic_write(trust_dir / "root.json", root, mode=0o644)
     return md.signed.version
 
 

@@ -10,15 +10,12 @@ than reset: starting from counter 0 would reopen every replay.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from edge_agent.store import fsync_dir
 from edge_agent.trust.director import DirectorMark
 from edge_agent.trust.errors import TrustStateError
+from model_tools.atomic import atomic_write
 
 __all__ = ["TrustStateFile"]
 
@@ -53,7 +50,6 @@ class TrustStateFile:
         return DirectorMark(counter, digest)
 
     def save(self, mark: DirectorMark) -> None:
-        folder = self.path.parent
         body = json.dumps(
             {
                 "version": STATE_VERSION,
@@ -63,18 +59,6 @@ class TrustStateFile:
             sort_keys=True,
         )
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=folder)
+            atomic_write(self.path, body)
         except OSError as e:
-            raise TrustStateError(f"cannot write trust state in {folder}: {e.strerror}") from e
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).replace(self.path)
-            fsync_dir(folder)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                Path(tmp).unlink()
             raise TrustStateError(f"cannot write trust state {self.path}: {e.strerror}") from e

@@ -9,6 +9,7 @@ LIGHT_MODULES = [
     "model_tools",
     "model_tools.errors",
     "model_tools.hashing",
+    "model_tools.atomic",
     "model_tools.onnx_info",
     # The optimization pipeline's light steps: the agent and the hub's API use them without torch.
     "model_tools.validate",
