@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -98,6 +99,38 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+class _SnapshotDict(dict[str, Any]):
+    """A dict whose iteration walks a copy, so that a loop with ``await`` inside survives changes."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return list(super().items())
+
+
+def _guard_subscription_iteration(broker: Any) -> None:
+    """Work around a race in amqtt 0.12.1 (the version pinned in constraints.txt, the newest there is).
+
+    Its broker walks ``Broker._subscriptions`` (topic filter -> subscribers) with an ``await``
+    inside the loop: when a client connects (``_handle_client_session`` re-sends retained
+    messages per filter) and when it fans a message out (``_run_broadcast``). Another client
+    that subscribes to a new filter, or a session that is cleaned up, changes the dict
+    meanwhile, and the connecting client's handler dies with "RuntimeError: dictionary
+    changed size during iteration" (a traceback, and a connection the broker no longer
+    serves). Twenty simulated devices that connect at once hit it every time. Iterating over
+    a snapshot is what those loops mean to do; filters added meanwhile get their retained
+    messages through the SUBSCRIBE that added them. Staggering the clients' connects would
+    only make the race rarer: reconnects (after a firmware slot switch) and clean-ups still
+    overlap.
+    """
+    current = getattr(broker, "_subscriptions", None)
+    if type(current) is dict:
+        broker._subscriptions = _SnapshotDict(current)
+    else:  # another amqtt layout: leave it alone rather than guess
+        log.debug("amqtt broker has no plain _subscriptions dict; iteration guard not installed")
+
+
 def start_embedded_broker(host: str = "127.0.0.1", port: int = 0, *, timeout: float = 10.0) -> BrokerHandle:
     """Run amqtt in a daemon thread with its own event loop; bound to loopback only."""
     from amqtt.broker import Broker
@@ -114,6 +147,7 @@ def start_embedded_broker(host: str = "127.0.0.1", port: int = 0, *, timeout: fl
 
     async def _start() -> None:
         broker = Broker(config, loop=loop)
+        _guard_subscription_iteration(broker)
         await broker.start()
         holder["broker"] = broker
 

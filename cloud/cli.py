@@ -4,24 +4,46 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from cloud import cli_firmware, cli_keys, cli_rollbacks, cli_train
-from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console
+from cloud import cli_devices, cli_firmware, cli_keys, cli_rollbacks, cli_train
+from cloud.cli_common import (
+    EXIT_CODES_HELP,
+    Col,
+    HubUrl,
+    Output,
+    OutputOpt,
+    Token,
+    console,
+    data_dir,
+    example,
+    package_version,
+    short_prefixes,
+    table,
+    usage_error,
+)
 from cloud.cli_common import fail as _fail
 from cloud.cli_common import print_json as _print_json
 from cloud.client import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
-app = typer.Typer(help="edgefleet hub and fleet CLI.", no_args_is_help=True, add_completion=False)
-models_app = typer.Typer(help="Register and list model versions.", no_args_is_help=True)
-devices_app = typer.Typer(help="List and inspect devices.", no_args_is_help=True)
+app = typer.Typer(
+    help="edgefleet hub and fleet CLI.",
+    no_args_is_help=True,
+    add_completion=True,
+    epilog=example("fleet hub", "fleet models ls", "fleet devices show cam-01") + "\n\n" + EXIT_CODES_HELP,
+)
+models_app = typer.Typer(
+    help="Register, optimize, list and show model versions.",
+    no_args_is_help=True,
+    epilog=example("fleet models ls", "fleet models show digits-mlp 1.0.0"),
+)
 app.add_typer(models_app, name="models")
-app.add_typer(devices_app, name="devices")
+app.add_typer(cli_devices.devices_app, name="devices")  # fleet devices ls|show
 app.add_typer(cli_rollbacks.rollbacks_app, name="rollbacks")  # fleet rollbacks ls
 cli_train.register(app, models_app)  # fleet train, fleet models optimize|show, fleet experiments
 app.add_typer(cli_keys.keys_app, name="keys")  # fleet keys init|rotate|sign|status|root
@@ -32,21 +54,42 @@ def _client(hub_url: str, token: str | None) -> HubClient:
     return HubClient(hub_url, resolve_token(token))
 
 
-def _model_label(m: dict[str, Any] | None) -> str:
-    if not m:
-        return "-"
-    return f"{m.get('name')}:{m.get('version')}"
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fleet {package_version()}")
+        raise typer.Exit
 
 
-@app.command()
+@app.callback()
+def _main(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_show_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """edgefleet hub and fleet CLI."""
+
+
+# How long `fleet hub` waits for the broker to accept it before refusing to start (exit 4).
+HUB_BROKER_CHECK_S = 10.0
+
+
+@app.command(epilog=example("fleet hub", "EDGEFLEET_DATA_DIR=/var/lib/edgefleet fleet hub --port 8080"))
 def hub(
-    host: Annotated[str | None, typer.Option(help="HTTP bind address (EDGEFLEET_API_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="HTTP port (EDGEFLEET_API_PORT).")] = None,
-    grpc_port: Annotated[int | None, typer.Option(help="gRPC artifact port (EDGEFLEET_GRPC_PORT).")] = None,
-    log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    host: Annotated[
+        str | None, typer.Option(metavar="ADDRESS", help="HTTP bind address (EDGEFLEET_API_HOST).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT", help="HTTP port (EDGEFLEET_API_PORT).")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(metavar="PORT", help="gRPC artifact port (EDGEFLEET_GRPC_PORT).")
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option(metavar="LEVEL", help="Logging level: DEBUG, INFO, WARNING or ERROR.")
+    ] = "INFO",
 ) -> None:
     """Run the hub: HTTP API, MQTT transport and gRPC artifact server, until interrupted."""
-    from cloud.hub import Hub
+    from cloud.cli_common import ExitCode
+    from cloud.hub import Hub, HubStartError
     from cloud.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -55,16 +98,23 @@ def hub(
         # Options given on the command line win over EDGEFLEET_* variables.
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
-        raise _fail(f"invalid settings: {e}") from e
-    Hub(settings).run_forever()
+        raise usage_error(f"invalid settings: {e}") from e
+    try:
+        Hub(settings, broker_check_s=HUB_BROKER_CHECK_S).run_forever()
+    except HubStartError as e:
+        # One plain line, never wrapped to the terminal's width: scripts and service managers read it.
+        sys.stderr.write(f"error: cannot start the hub: {e}\n")
+        raise typer.Exit(ExitCode.REFUSED) from None
 
 
-@models_app.command("push")
+@models_app.command("push", epilog=example("fleet models push model.onnx --name digits-mlp --version 1.0.0"))
 def models_push(
-    file: Annotated[Path, typer.Argument(help="Model file (ONNX).", exists=True, dir_okay=False)],
-    name: Annotated[str, typer.Option(help="Model name, e.g. digits-mlp.")],
-    version: Annotated[str, typer.Option(help="Version string, unique per name.")],
-    fmt: Annotated[str, typer.Option("--format", help="Artifact format.")] = "onnx",
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="Model file (ONNX).", exists=True, dir_okay=False)
+    ],
+    name: Annotated[str, typer.Option(metavar="NAME", help="Model name, e.g. digits-mlp.")],
+    version: Annotated[str, typer.Option(metavar="VERSION", help="Version string, unique per name.")],
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="Artifact format.")] = "onnx",
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
     output: OutputOpt = Output.table,
@@ -74,7 +124,7 @@ def models_push(
         with _client(hub_url, token) as c:
             mv = c.push_model(file, name=name, version=version, fmt=fmt)
     except HubError as e:
-        raise _fail(str(e)) from e
+        raise _fail(e) from e
     if output is Output.json:
         _print_json(mv)
     else:
@@ -84,9 +134,9 @@ def models_push(
         )
 
 
-@models_app.command("ls")
+@models_app.command("ls", epilog=example("fleet models ls", "fleet models ls --name digits-mlp -o json"))
 def models_ls(
-    name: Annotated[str | None, typer.Option(help="Only versions of this model.")] = None,
+    name: Annotated[str | None, typer.Option(metavar="NAME", help="Only versions of this model.")] = None,
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
     output: OutputOpt = Output.table,
@@ -96,112 +146,103 @@ def models_ls(
         with _client(hub_url, token) as c:
             rows = c.list_models(name)
     except HubError as e:
-        raise _fail(str(e)) from e
+        raise _fail(e) from e
     if output is Output.json:
         _print_json(rows)
         return
-    table = Table("name", "version", "format", "bytes", "sha256", "created")
-    for m in rows:
-        table.add_row(
+    # Versions are typed back into `fleet models show`: shown whole. Digests as git shows hashes.
+    digests = short_prefixes(m["sha256"] for m in rows)
+    columns = [
+        Col("name", typed=True),
+        Col("version", typed=True),
+        Col("format", drop=2),
+        Col("bytes", justify="right", drop=1),
+        Col("sha256", typed=True, drop=3),
+        Col("created", drop=4),
+    ]
+    cells = [
+        [
             m["name"],
             m["version"],
             m["format"],
             str(m["length"]),
-            m["sha256"][:12],
-            str(m.get("created_at", "")),
-        )
-    console.print(table)
+            digests[m["sha256"]],
+            _when(m.get("created_at")),
+        ]
+        for m in rows
+    ]
+    console.print(table(columns, cells))
 
 
-@devices_app.command("ls")
-def devices_ls(
-    state: Annotated[str | None, typer.Option(help="online or offline.")] = None,
-    label: Annotated[str | None, typer.Option(help="Label selector key=value.")] = None,
-    hub_url: HubUrl = DEFAULT_HUB_URL,
-    token: Token = None,
-    output: OutputOpt = Output.table,
-) -> None:
-    """List devices known to the hub."""
-    try:
-        with _client(hub_url, token) as c:
-            rows = c.list_devices(state=state, label=label)
-    except HubError as e:
-        raise _fail(str(e)) from e
-    if output is Output.json:
-        _print_json(rows)
-        return
-    table = Table("device", "state", "active model", "desired", "in sync", "agent", "last seen")
-    for d in rows:
-        table.add_row(
-            d["id"],
-            d["state"],
-            _model_label(d.get("active_model")),
-            _model_label(d.get("desired_model")),
-            "yes" if d.get("in_sync") else "no",
-            d.get("agent_version") or "-",
-            str(d.get("last_seen") or "-"),
-        )
-    console.print(table)
+def _when(value: Any) -> str:
+    return str(value or "-").replace("T", " ")[:16]
 
 
-@devices_app.command("show")
-def devices_show(
-    device_id: Annotated[str, typer.Argument(help="Device id.")],
-    hub_url: HubUrl = DEFAULT_HUB_URL,
-    token: Token = None,
-) -> None:
-    """Show one device with its recent events and telemetry (JSON)."""
-    try:
-        with _client(hub_url, token) as c:
-            _print_json(c.device(device_id))
-    except HubError as e:
-        raise _fail(str(e)) from e
-
-
-@app.command()
+@app.command(
+    epilog=example(
+        "fleet assign --model digits-mlp --version 1.0.0 --device cam-01 --device cam-02",
+        "fleet assign --model digits-mlp --version 1.0.0 --label site=lab",
+    )
+)
 def assign(
-    model: Annotated[str, typer.Option(help="Model name.")],
-    version: Annotated[str, typer.Option(help="Model version.")],
+    model: Annotated[str, typer.Option(metavar="NAME", help="Model name.")],
+    version: Annotated[str, typer.Option(metavar="VERSION", help="Model version.")],
     device: Annotated[
-        list[str] | None, typer.Option("--device", "-d", help="Device id (repeatable).")
+        list[str] | None, typer.Option("--device", "-d", metavar="ID", help="Device id (repeatable).")
     ] = None,
     label: Annotated[
-        str | None, typer.Option(help="Assign to every device with this label key=value.")
+        str | None,
+        typer.Option(metavar="KEY=VALUE", help="Assign to every device with this label."),
     ] = None,
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Assign a model version to devices: the hub publishes their new desired state."""
+    if not device and label is None:
+        raise usage_error("give --device ID (repeatable) or --label KEY=VALUE")
+    if device and label is not None:
+        raise usage_error("--device and --label are exclusive: give one of them")
     selector: dict[str, str] | None = None
-    if label:
+    if label is not None:
         key, sep, value = label.partition("=")
         if not sep or not key:
-            raise _fail(f"--label expects key=value, got {label!r}")
+            raise usage_error(f"--label: expected KEY=VALUE; got {label!r}")
         selector = {key: value}
-    if bool(device) == bool(selector):
-        raise _fail("give --device (one or more) or --label, not both")
     try:
         with _client(hub_url, token) as c:
             result = c.assign(model=model, version=version, devices=device, selector=selector)
     except HubError as e:
-        raise _fail(str(e)) from e
+        raise _fail(e) from e
     if output is Output.json:
         _print_json(result)
     else:
         console.print(f"assigned {model}:{version} to {result['count']} device(s)")
 
 
-@app.command()
+@app.command(
+    epilog=example("fleet simulate --devices 20", "EDGEFLEET_DATA_DIR=/tmp/ef fleet simulate --devices 100")
+)
 def simulate(
     devices: Annotated[int, typer.Option(min=1, max=100_000, help="Number of simulated devices.")] = 10,
     fleet: Annotated[str, typer.Option(envvar="EDGEFLEET_FLEET", help="Fleet name.")] = "default",
     mqtt_host: Annotated[str, typer.Option(envvar="EDGEFLEET_MQTT_HOST")] = "127.0.0.1",
     mqtt_port: Annotated[int, typer.Option(envvar="EDGEFLEET_MQTT_PORT")] = 1883,
     mqtt_protocol: Annotated[str, typer.Option(envvar="EDGEFLEET_MQTT_PROTOCOL", help="5 or 3.1.1")] = "5",
-    grpc_endpoint: Annotated[str, typer.Option(help="Hub's gRPC artifact endpoint.")] = "127.0.0.1:50051",
-    state_root: Annotated[Path, typer.Option(help="Folder for the devices' state folders.")] = Path(
-        ".edgefleet/fleet"
+    grpc_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEFLEET_GRPC_PUBLIC_ENDPOINT",
+            show_default="127.0.0.1:$EDGEFLEET_GRPC_PORT (50051)",
+            help="Hub's gRPC artifact endpoint.",
+        ),
+    ] = None,
+    # A factory, so EDGEFLEET_DATA_DIR is read when the command runs, not when the module is imported.
+    state_root: Path = typer.Option(  # noqa: B008
+        default_factory=lambda: data_dir() / "fleet",
+        metavar="DIR",
+        show_default="$EDGEFLEET_DATA_DIR/fleet",
+        help="Folder for the devices' state folders.",
     ),
     local_api_devices: Annotated[int, typer.Option(help="How many devices serve a local API socket.")] = 3,
     telemetry_interval: Annotated[float, typer.Option(help="Seconds between telemetry windows.")] = 10.0,
@@ -209,8 +250,49 @@ def simulate(
     trust_root: Annotated[
         Path | None, typer.Option(help="The fleet's root.json (default: the hub's, from --hub-url).")
     ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KEY=VALUE", help="A label every device reports (repeatable)."),
+    ] = None,
+    label_mix: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MIX",
+            help="Labels shared out by device index, e.g. region=eu:40,region=us:60 (each key's "
+            "percentages add up to 100; the same devices get the same values on every run).",
+        ),
+    ] = None,
+    firmware_hardware: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ID",
+            help="Give every device A/B firmware slots as this board (e.g. sim-board, the samples' board).",
+        ),
+    ] = None,
+    firmware_factory: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Factory firmware bundle written to slot a at first start."),
+    ] = None,
 ) -> None:
     """Run N real agents in one process (each with its own state folder) until interrupted."""
+    # The agent is a separate program: the hub never imports it, it runs it.
+    agent = [sys.executable, "-m", "edge_agent.cli", "simulate"]
+    labels = [arg for item in label or [] for arg in ("--label", item)]
+    labels += ["--label-mix", label_mix] if label_mix is not None else []
+    if labels:
+        # The agent owns the label syntax; ask it before touching the hub, so bad usage exits 2 at once.
+        check = subprocess.run(
+            [*agent, "--fleet", fleet, "--state-root", str(state_root), *labels, "--check"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check.returncode != 0:
+            reason = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else "invalid labels"
+            raise usage_error(reason.split("error: ", 1)[-1])
+    if grpc_endpoint is None:
+        # The hub on this machine, on the port it reads from the same variable.
+        grpc_endpoint = f"127.0.0.1:{os.environ.get('EDGEFLEET_GRPC_PORT', '50051')}"
     # Every device is provisioned with the fleet's trusted root: it refuses what does not verify against it.
     if trust_root is None:
         from cloud.client_signing import SigningClient
@@ -222,19 +304,24 @@ def simulate(
                 trust_root.write_bytes(signing.root_metadata())
         except HubError as e:
             raise _fail(f"cannot fetch the fleet's root.json to provision the devices: {e}") from e
-    # The agent is a separate program: the hub never imports it, it runs it.
     argv = [
-        sys.executable, "-m", "edge_agent.cli", "simulate",
+        *agent,
         "--devices", str(devices), "--fleet", fleet,
         "--mqtt-host", mqtt_host, "--mqtt-port", str(mqtt_port), "--mqtt-protocol", mqtt_protocol,
         "--grpc-endpoint", grpc_endpoint, "--state-root", str(state_root),
         "--local-api-devices", str(local_api_devices), "--telemetry-interval", str(telemetry_interval),
         "--trust-root", str(trust_root), "--trust-http-url", f"{hub_url.rstrip('/')}/tuf",
+        *labels,
     ]  # fmt: skip
+    # Without a hardware id a simulated device takes no firmware, and the hub offers it none.
+    if firmware_hardware:
+        argv += ["--firmware-hardware", firmware_hardware]
+    if firmware_factory is not None:
+        argv += ["--firmware-factory", str(firmware_factory)]
     os.execv(sys.executable, argv)  # noqa: S606 - argv is built here, no shell
 
 
-@app.command()
+@app.command(epilog=example("fleet demo", "fleet demo --devices 50 --model cnn --workdir /tmp/demo"))
 def demo(
     devices: Annotated[int, typer.Option(min=1, max=1000, help="Simulated devices.")] = 20,
     model: Annotated[str, typer.Option(help="Demo model: mlp or cnn.")] = "mlp",
@@ -243,13 +330,32 @@ def demo(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the fleet to converge.")] = 120.0,
     log_level: Annotated[str, typer.Option(help="Logging level for the hub and broker.")] = "WARNING",
+    mqtt_host: Annotated[
+        str,
+        typer.Option(
+            envvar="EDGEFLEET_MQTT_HOST",
+            metavar="HOST",
+            help="Broker to use when one answers there; otherwise the demo starts an embedded one.",
+        ),
+    ] = "127.0.0.1",
+    mqtt_port: Annotated[
+        int, typer.Option(envvar="EDGEFLEET_MQTT_PORT", min=1, max=65535, metavar="PORT", help="Broker port.")
+    ] = 1883,
 ) -> None:
     """Train, push and roll a model out to a simulated fleet on this machine, end to end."""
     from cloud.demo import DemoError, run_demo
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run_demo(devices=devices, model_kind=model, workdir=workdir, timeout=timeout, console=console)
+        run_demo(
+            devices=devices,
+            model_kind=model,
+            workdir=workdir,
+            timeout=timeout,
+            console=console,
+            mqtt_host=mqtt_host,
+            mqtt_port=mqtt_port,
+        )
     except DemoError as e:
         raise _fail(str(e)) from e
 

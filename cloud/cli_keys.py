@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console, err_console
+from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console, err_console, example, usage_error
 from cloud.cli_common import fail as _fail
 from cloud.client import HubError, resolve_token
 from cloud.client_signing import SigningClient
@@ -27,15 +27,31 @@ from cloud.tuf.errors import KeyCustodyError, RotationError
 from cloud.tuf.keys import KeyDir
 from cloud.tuf.offline import describe_root, generate_root_keys, key_to_dict, sign_root_json
 
-keys_app = typer.Typer(help="The update repository's signing keys.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="The update repository's signing keys.",
+    no_args_is_help=True,
+    epilog=example("fleet keys status", "fleet keys init --root-dir /media/usb/root --keys 3 --threshold 2"),
+)
 RootDirs = Annotated[
     list[Path] | None,
-    typer.Option("--root-dir", help="A folder of root keys (repeat for several custodians' folders)."),
+    typer.Option(
+        "--root-dir", metavar="DIR", help="A folder of root keys (repeat for several custodians' folders)."
+    ),
+]
+# `keys init` creates keys in --root-dir; the folders of the root it replaces are named apart.
+OldRootDirs = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--old-root-dir",
+        metavar="DIR",
+        help="When root is already offline: a folder of the current root keys (repeatable).",
+    ),
 ]
 PassFile = Annotated[
     Path | None,
     typer.Option(
         "--passphrase-file",
+        metavar="FILE",
         help="File holding the root keys' passphrase (else EDGEFLEET_ROOT_PASSPHRASE, else a prompt).",
     ),
 ]
@@ -50,7 +66,7 @@ def _passphrase(path: Path | None, *, confirm: bool = False, what: str = "root k
         try:
             return path.read_bytes().strip()
         except OSError as e:
-            raise _fail(f"cannot read passphrase file {path}: {e.strerror}") from e
+            raise usage_error(f"--passphrase-file: cannot read {path}: {e.strerror}") from e
     env = os.environ.get("EDGEFLEET_ROOT_PASSPHRASE")
     if env:
         return env.encode()
@@ -88,7 +104,7 @@ def _report(rotation: dict[str, Any], as_json: bool) -> None:
         )
 
 
-@keys_app.command("status")
+@keys_app.command("status", epilog=example("fleet keys status", "fleet keys status -o json"))
 def status(
     hub_url: HubUrl = "http://127.0.0.1:8080", token: Token = None, output: OutputOpt = Output.table
 ) -> None:
@@ -97,7 +113,7 @@ def status(
         with _client(hub_url, token) as client:
             data = client.keys()
     except HubError as e:
-        raise _fail(str(e)) from e
+        raise _fail(e) from e
     if output is Output.json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
@@ -112,22 +128,39 @@ def status(
         )
     console.print(table)
     if data["root_keys_on_hub"]:
-        console.print("[yellow]root is a development key kept on the hub: run `fleet keys init`[/]")
+        console.print(
+            "[yellow]root is a development key kept on the hub: move it offline with "
+            "`fleet keys init --root-dir DIR` (e.g. a USB disk; add --keys N --threshold N for several)[/]"
+        )
     for r in data["pending"]:
         console.print(
             f"pending rotation {r['id']}: {r['role']} (root v{r['root_version']}), missing {r['missing']}"
         )
 
 
-@keys_app.command("init")
+@keys_app.command(
+    "init",
+    epilog=example(
+        "fleet keys init --root-dir /media/usb/root",
+        "fleet keys init --root-dir /media/usb/root --keys 3 --threshold 2",
+    ),
+)
 def init(
     root_dir: Annotated[
-        Path, typer.Option("--root-dir", help="Where to create the root keys (e.g. a USB disk).")
+        Path,
+        typer.Option(
+            "--root-dir",
+            metavar="DIR",
+            file_okay=False,
+            help="Where to create the root keys (e.g. a USB disk).",
+        ),
     ],
-    keys: Annotated[int, typer.Option("--keys", min=1, help="How many root keys to make.")] = 1,
-    threshold: Annotated[int, typer.Option("--threshold", min=1, help="How many must sign a new root.")] = 1,
+    keys: Annotated[int, typer.Option("--keys", metavar="N", min=1, help="How many root keys to make.")] = 1,
+    threshold: Annotated[
+        int, typer.Option("--threshold", metavar="N", min=1, help="How many must sign a new root.")
+    ] = 1,
     passphrase_file: PassFile = None,
-    old_root_dir: RootDirs = None,
+    old_root_dir: OldRootDirs = None,
     hub_url: HubUrl = "http://127.0.0.1:8080",
     token: Token = None,
     output: OutputOpt = Output.table,
@@ -138,9 +171,9 @@ def init(
     previous root keys' folders must be given with --old-root-dir.
     """
     if threshold > keys:
-        raise _fail(f"threshold {threshold} is more than the {keys} root key(s) to make")
+        raise usage_error(f"--threshold: expected at most --keys ({keys}); got {threshold}")
     if root_dir.exists() and any(root_dir.glob("*.pem")):
-        raise _fail(f"{root_dir} already holds keys: expected an empty or new folder")
+        raise usage_error(f"--root-dir: expected an empty or new folder; {root_dir} already holds keys")
     passphrase = _passphrase(passphrase_file, confirm=passphrase_file is None)
     try:
         public = generate_root_keys(root_dir, keys, passphrase)
@@ -152,22 +185,37 @@ def init(
                 "root", root_keys=[key_to_dict(k) for k in public], threshold=threshold
             )
             rotation = _sign_and_send(client, rotation, folders)
-    except (HubError, KeyCustodyError, RotationError) as e:
+    except HubError as e:
+        raise _fail(e) from e
+    except (KeyCustodyError, RotationError) as e:
         raise _fail(str(e)) from e
     err_console.print(f"created {keys} root key(s) in {root_dir}; keep them offline")
     _report(rotation, output is Output.json)
 
 
-@keys_app.command("rotate")
+@keys_app.command(
+    "rotate",
+    epilog=example(
+        "fleet keys rotate timestamp",
+        "fleet keys rotate targets --root-dir /media/usb/root",
+        "fleet keys rotate root --root-dir /media/usb/root --new-root-dir /media/usb2/root",
+    ),
+)
 def rotate(
-    role: Annotated[str, typer.Argument(help="root, targets, snapshot, timestamp or director")],
+    role: Annotated[
+        str, typer.Argument(metavar="ROLE", help="root, targets, snapshot, timestamp or director")
+    ],
     root_dir: RootDirs = None,
     passphrase_file: PassFile = None,
     new_root_dir: Annotated[
-        Path | None, typer.Option(help="For root: where to create the new root keys.")
+        Path | None, typer.Option(metavar="DIR", help="For root: where to create the new root keys.")
     ] = None,
-    keys: Annotated[int, typer.Option("--keys", min=1, help="For root: how many new root keys.")] = 1,
-    threshold: Annotated[int, typer.Option("--threshold", min=1, help="For root: the new threshold.")] = 1,
+    keys: Annotated[
+        int, typer.Option("--keys", metavar="N", min=1, help="For root: how many new root keys.")
+    ] = 1,
+    threshold: Annotated[
+        int, typer.Option("--threshold", metavar="N", min=1, help="For root: the new threshold.")
+    ] = 1,
     hub_url: HubUrl = "http://127.0.0.1:8080",
     token: Token = None,
     output: OutputOpt = Output.table,
@@ -178,7 +226,7 @@ def rotate(
         root_keys = None
         if role == "root":
             if new_root_dir is None:
-                raise _fail("rotating root needs --new-root-dir for the new root keys")
+                raise usage_error("rotating root needs --new-root-dir DIR for the new root keys")
             passphrase = _passphrase(None, confirm=True, what="new root keys")
             root_keys = [key_to_dict(k) for k in generate_root_keys(new_root_dir, keys, passphrase)]
             folders.append(KeyDir(new_root_dir, passphrase))
@@ -188,14 +236,16 @@ def rotate(
             )
             if folders:
                 rotation = _sign_and_send(client, rotation, folders)
-    except (HubError, KeyCustodyError, RotationError) as e:
+    except HubError as e:
+        raise _fail(e) from e
+    except (KeyCustodyError, RotationError) as e:
         raise _fail(str(e)) from e
     _report(rotation, output is Output.json)
 
 
-@keys_app.command("sign")
+@keys_app.command("sign", epilog=example("fleet keys sign 4 --root-dir /media/usb/root"))
 def sign(
-    rotation_id: Annotated[int, typer.Argument(help="The pending rotation to sign.")],
+    rotation_id: Annotated[int, typer.Argument(metavar="ROTATION", help="The pending rotation to sign.")],
     root_dir: RootDirs = None,
     passphrase_file: PassFile = None,
     hub_url: HubUrl = "http://127.0.0.1:8080",
@@ -207,15 +257,24 @@ def sign(
         folders = [KeyDir(d, _passphrase(passphrase_file, what=f"root keys in {d}")) for d in root_dir or []]
         with _client(hub_url, token) as client:
             rotation = _sign_and_send(client, client.rotation(rotation_id), folders)
-    except (HubError, KeyCustodyError, RotationError) as e:
+    except HubError as e:
+        raise _fail(e) from e
+    except (KeyCustodyError, RotationError) as e:
         raise _fail(str(e)) from e
     _report(rotation, output is Output.json)
 
 
-@keys_app.command("root")
+@keys_app.command(
+    "root", epilog=example("fleet keys root --out root.json", "fleet keys root --version 1 --out 1.root.json")
+)
 def root(
-    out: Annotated[Path, typer.Option("--out", help="Where to write root.json (for provisioning devices).")],
-    version: Annotated[int | None, typer.Option(help="A given root version (default: the newest).")] = None,
+    out: Annotated[
+        Path,
+        typer.Option("--out", metavar="FILE", help="Where to write root.json (for provisioning devices)."),
+    ],
+    version: Annotated[
+        int | None, typer.Option(metavar="N", help="A given root version (default: the newest).")
+    ] = None,
     hub_url: HubUrl = "http://127.0.0.1:8080",
     token: Token = None,
 ) -> None:
@@ -224,6 +283,6 @@ def root(
         with _client(hub_url, token) as client:
             data = client.root_metadata(version)
     except HubError as e:
-        raise _fail(str(e)) from e
+        raise _fail(e) from e
     out.write_bytes(data)
     err_console.print(f"wrote {out} ({len(data)} bytes)")

@@ -24,7 +24,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console, err_console
+from cloud.cli_common import (
+    Col,
+    HubUrl,
+    Output,
+    OutputOpt,
+    Token,
+    console,
+    data_dir,
+    err_console,
+    example,
+    short_prefixes,
+    table,
+)
 from cloud.cli_common import fail as _fail
 from cloud.cli_common import print_json as _print_json
 from cloud.client import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
@@ -34,17 +46,33 @@ if TYPE_CHECKING:
 
 __all__ = ["experiments_app", "models_optimize", "models_show", "register", "train"]
 
-experiments_app = typer.Typer(help="Training runs and their lineage.", no_args_is_help=True)
-
-RunsDir = Annotated[Path, typer.Option(help="Folder that holds one folder per training run.")]
+experiments_app = typer.Typer(
+    help="Training runs and their lineage.",
+    no_args_is_help=True,
+    epilog=example("fleet experiments ls", "fleet experiments show 4d85a1c2"),
+)
 
 
 def register(app: typer.Typer, models_app: typer.Typer) -> None:
     """Add these commands to the `fleet` CLI."""
-    app.command("train")(train)
+    app.command(
+        "train", epilog=example("fleet train --model mlp", "fleet train --model cnn --epochs 5 --device cuda")
+    )(train)
     app.add_typer(experiments_app, name="experiments")
-    models_app.command("optimize")(models_optimize)
-    models_app.command("show")(models_show)
+    models_app.command(
+        "optimize",
+        epilog=example(
+            "fleet models optimize .edgefleet/runs/4d85a1c2e0f94b7c8a51d2e3f4a5b6c7",
+            "fleet models optimize RUN_DIR --version 1.0.0 --prune 0.5 --no-tflite",
+        ),
+    )(models_optimize)
+    models_app.command(
+        "show",
+        epilog=example(
+            "fleet models show digits-mlp 1.0.0",
+            "fleet models show digits-mlp 20261203T0625   # a unique prefix of the version",
+        ),
+    )(models_show)
 
 
 def _client(hub_url: str, token: str | None) -> HubClient:
@@ -87,11 +115,24 @@ def _progress_bars() -> Progress:
 
 
 def train(  # noqa: PLR0917 - Typer commands take their options as parameters
-    model: Annotated[str, typer.Option(help="Demo model: mlp or cnn.")] = "mlp",
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the model's recipe).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for data split, initial weights and shuffling.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
-    runs_dir: RunsDir = Path(".edgefleet/runs"),
+    model: Annotated[str, typer.Option(metavar="KIND", help="Demo model: mlp or cnn.")] = "mlp",
+    epochs: Annotated[
+        int | None, typer.Option(metavar="N", min=1, help="Epochs (default: the model's recipe).")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="Seed for data split, initial weights and shuffling.")
+    ] = 0,
+    device: Annotated[
+        str | None, typer.Option(metavar="DEVICE", help="cpu or cuda (default: cuda when present).")
+    ] = None,
+    # A factory, so EDGEFLEET_DATA_DIR is read when the command runs, not when the module is imported.
+    runs_dir: Path = typer.Option(  # noqa: B008
+        default_factory=lambda: data_dir() / "runs",
+        metavar="DIR",
+        show_default="$EDGEFLEET_DATA_DIR/runs",
+        file_okay=False,
+        help="Folder that holds one folder per training run.",
+    ),
     register_run: Annotated[
         bool, typer.Option("--register/--no-register", help="Record the run as an experiment on the hub.")
     ] = True,
@@ -141,8 +182,9 @@ def train(  # noqa: PLR0917 - Typer commands take their options as parameters
             registered = True
         except HubError as e:
             raise _fail(
-                f"run {record.run_id} is saved in {folder} but could not be recorded on the hub: {e}; "
-                "`fleet models optimize` records it with the bundle"
+                e,
+                message=f"run {record.run_id} is saved in {folder} but could not be recorded on the hub: "
+                f"{e}; `fleet models optimize` records it with the bundle",
             ) from e
     if output is Output.json:
         _print_json({"run_dir": str(folder), "registered": registered, **record.to_dict()})
@@ -160,22 +202,25 @@ def train(  # noqa: PLR0917 - Typer commands take their options as parameters
 
 
 def models_optimize(  # noqa: PLR0917 - Typer commands take their options as parameters
-    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `fleet train`.", file_okay=False)],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(metavar="RUN_DIR", help="A run folder written by `fleet train`.", file_okay=False),
+    ],
     version: Annotated[
-        str | None, typer.Option(help="Version to register (default: time and run id).")
+        str | None, typer.Option(metavar="VERSION", help="Version to register (default: time and run id).")
     ] = None,
     prune: Annotated[
-        float, typer.Option(min=0.0, max=0.9, help="Share of neurons/channels to remove.")
+        float, typer.Option(metavar="SHARE", min=0.0, max=0.9, help="Share of neurons/channels to remove.")
     ] = 0.25,
     finetune_epochs: Annotated[
-        int | None, typer.Option(min=1, help="Fine-tuning epochs after pruning.")
+        int | None, typer.Option(metavar="N", min=1, help="Fine-tuning epochs after pruning.")
     ] = None,
     gates: Annotated[
-        Path | None, typer.Option(help="Gate policy file (TOML or JSON).", dir_okay=False)
+        Path | None, typer.Option(metavar="FILE", help="Gate policy file (TOML or JSON).", dir_okay=False)
     ] = None,
     tflite: Annotated[bool, typer.Option("--tflite/--no-tflite", help="Make TFLite variants.")] = True,
     out: Annotated[
-        Path | None, typer.Option(help="Bundle folder (default: RUN_DIR/bundles/VERSION).")
+        Path | None, typer.Option(metavar="DIR", help="Bundle folder (default: RUN_DIR/bundles/VERSION).")
     ] = None,
     register_bundle: Annotated[
         bool, typer.Option("--register/--no-register", help="Register the bundle on the hub.")
@@ -208,7 +253,9 @@ def models_optimize(  # noqa: PLR0917 - Typer commands take their options as par
             with _client(hub_url, token) as c:
                 registered = c.push_bundle(result.bundle_dir)
         except HubError as e:
-            raise _fail(f"the bundle in {result.bundle_dir} was built but not registered: {e}") from e
+            raise _fail(
+                e, message=f"the bundle in {result.bundle_dir} was built but not registered: {e}"
+            ) from e
     if output is Output.json:
         _print_json(
             {
@@ -258,8 +305,10 @@ def _print_outcomes(result: PipelineResult) -> None:
 
 
 def models_show(
-    name: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[str, typer.Argument(help="Model version.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Model name.")],
+    version: Annotated[
+        str, typer.Argument(metavar="VERSION", help="Model version, or a unique prefix of it.")
+    ],
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
     output: OutputOpt = Output.table,
@@ -269,17 +318,24 @@ def models_show(
         with _client(hub_url, token) as c:
             bundle = c.bundle(name, version)
     except HubError as e:
-        raise _fail(str(e)) from e
+        raise _fail(e) from e
     if output is Output.json:
         _print_json(bundle)
         return
-    table = Table(
-        "variant", "format", "precision", "bytes", "accuracy", "b1 ms", "runs on", title=f"{name} {version}"
+    variants = Table(
+        "variant",
+        "format",
+        "precision",
+        "bytes",
+        "accuracy",
+        "b1 ms",
+        "runs on",
+        title=f"{bundle['name']} {bundle['version']}",
     )
     for v in bundle["variants"]:
         metrics = v.get("metrics") or {}
         latency = (metrics.get("latency_ms") or {}).get("1")
-        table.add_row(
+        variants.add_row(
             v["variant"] + (" (baseline)" if v["is_baseline"] else ""),
             v["format"],
             v["precision"],
@@ -288,7 +344,7 @@ def models_show(
             f"{latency:.4f}" if latency is not None else "-",
             " or ".join(f"{r['name']}>={r['min_version']}" for r in v["runtimes"]),
         )
-    console.print(table)
+    console.print(variants)
     for r in bundle["rejected"]:
         console.print(f"[red]kept out[/] {r['name']}: {'; '.join(r['reasons'])}")
     if bundle.get("experiment_run_id"):
@@ -299,10 +355,14 @@ def models_show(
         )
 
 
-@experiments_app.command("ls")
+@experiments_app.command(
+    "ls", epilog=example("fleet experiments ls", "fleet experiments ls --name digits-mlp --limit 10 -o json")
+)
 def experiments_ls(
-    name: Annotated[str | None, typer.Option(help="Only runs of this model.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many, newest first.")] = 50,
+    name: Annotated[str | None, typer.Option(metavar="NAME", help="Only runs of this model.")] = None,
+    limit: Annotated[
+        int, typer.Option(metavar="N", min=1, max=1000, help="At most this many, newest first.")
+    ] = 50,
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
     output: OutputOpt = Output.table,
@@ -312,16 +372,27 @@ def experiments_ls(
         with _client(hub_url, token) as c:
             rows = c.list_experiments(name, limit)
     except HubError as e:
-        raise _fail(str(e)) from e
+        raise _fail(e) from e
     if output is Output.json:
         _print_json(rows)
         return
-    table = Table(
-        "run", "model", "seed", "test acc", "device", "ranks", "seconds", "data", "code", "finished"
-    )
-    for r in rows:
-        table.add_row(
-            r["run_id"][:12],
+    # Run ids as git shows hashes: the shortest unique prefix, which `experiments show` accepts.
+    runs = short_prefixes(r["run_id"] for r in rows)
+    columns = [
+        Col("run", typed=True),
+        Col("model", typed=True),
+        Col("seed", justify="right", drop=3),
+        Col("test acc", justify="right"),
+        Col("device", drop=4),
+        Col("ranks", justify="right", drop=5),
+        Col("seconds", justify="right", drop=6),
+        Col("data", drop=7),
+        Col("code", drop=8),
+        Col("finished", drop=2),
+    ]
+    cells = [
+        [
+            runs[r["run_id"]],
             r["name"],
             str(r["seed"]),
             f"{r['metrics'].get('test_accuracy', float('nan')):.4f}",
@@ -330,14 +401,21 @@ def experiments_ls(
             f"{r['duration_s']:.1f}",
             r["dataset_hash"][:12],
             r["code_revision"][:12],
-            str(r["finished_at"]),
-        )
-    console.print(table)
+            str(r["finished_at"]).replace("T", " ")[:16],
+        ]
+        for r in rows
+    ]
+    console.print(table(columns, cells))
 
 
-@experiments_app.command("show")
+@experiments_app.command(
+    "show", epilog=example("fleet experiments show 4d85a1c2", "fleet experiments show 4d85a1c2 -o json")
+)
 def experiments_show(
-    run_id: Annotated[str, typer.Argument(help="Run id (as `fleet experiments ls` shows it, in full).")],
+    run_id: Annotated[
+        str,
+        typer.Argument(metavar="RUN", help="Run id, or a unique prefix (as `fleet experiments ls` shows)."),
+    ],
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
     output: OutputOpt = Output.table,
@@ -347,7 +425,7 @@ def experiments_show(
         with _client(hub_url, token) as c:
             run = c.experiment(run_id)
     except HubError as e:
-        raise _fail(str(e)) from e
+        raise _fail(e) from e
     if output is Output.json:
         _print_json(run)
         return

@@ -14,11 +14,15 @@ DEFAULT_HUB_URL = "http://127.0.0.1:8080"
 
 
 class HubError(RuntimeError):
-    """The hub refused a request or could not be reached."""
+    """The hub refused a request (``status`` is its HTTP status) or a request could not be made."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class HubUnreachableError(HubError):
+    """No answer from the hub: connection refused, a timeout, a name that does not resolve."""
 
 
 def resolve_token(token: str | None, data_dir: Path | None = None) -> str | None:
@@ -53,8 +57,10 @@ class HubClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise HubUnreachableError(f"cannot reach the hub at {self.base_url}: {e}") from e
         except httpx.HTTPError as e:
-            raise HubError(f"cannot reach the hub at {self.base_url}: {e}") from e
+            raise HubError(f"request to the hub at {self.base_url} failed: {e}") from e
         if response.status_code >= 400:
             raise HubError(
                 f"hub answered {response.status_code} to {method} {path}: {_detail(response)}",
@@ -179,4 +185,35 @@ def _detail(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:500] or response.reason_phrase
     detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) and "msg" in d for d in detail):
+        return "; ".join(validation_sentence(d) for d in detail)[:1000]
     return str(detail)[:1000]
+
+
+# Where a request carried the value: a query parameter is what the CLI calls an --option.
+_LOCATIONS = ("query", "body", "path", "header", "form")
+
+
+def validation_sentence(error: dict[str, Any]) -> str:
+    """One FastAPI/pydantic validation error as a sentence: what was expected and what came.
+
+    ``{"loc": ["query", "state"], "msg": "Input should be 'online' or 'offline'", "input": "bogus"}``
+    becomes ``--state: expected 'online' or 'offline'; got 'bogus'``.
+    """
+    loc = [str(part) for part in error.get("loc", [])]
+    where = loc[0] if loc and loc[0] in _LOCATIONS else ""
+    path = loc[1:] if where else loc
+    if where == "query" and len(path) == 1:
+        field = "--" + path[0].replace("_", "-")
+    else:
+        field = ".".join(path) or where or "request"
+    msg = str(error.get("msg", "invalid"))
+    for lead in ("Input should be ", "Value error, "):
+        if msg.startswith(lead):
+            msg = ("expected " if lead.startswith("Input") else "") + msg[len(lead) :]
+            break
+    else:
+        msg = msg[:1].lower() + msg[1:]
+    if "input" in error and error.get("type") != "missing":
+        return f"{field}: {msg}; got {error['input']!r}"
+    return f"{field}: {msg}"

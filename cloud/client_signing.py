@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from cloud.client import HubClient, HubError
+from cloud.client import HubClient, HubError, HubUnreachableError
 
 __all__ = ["SigningClient"]
 
@@ -46,8 +46,10 @@ class SigningClient(HubClient):
         name = "root.json" if version is None else f"{version}.root.json"
         try:
             response = self._http.get(f"/tuf/metadata/{name}")
+        except httpx.TransportError as e:
+            raise HubUnreachableError(f"cannot reach the hub at {self.base_url}: {e}") from e
         except httpx.HTTPError as e:
-            raise HubError(f"cannot reach the hub at {self.base_url}: {e}") from e
+            raise HubError(f"request to the hub at {self.base_url} failed: {e}") from e
         if response.status_code != 200:
             raise HubError(f"hub answered {response.status_code} for {name}", status=response.status_code)
         return response.content

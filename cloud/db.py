@@ -28,6 +28,10 @@ class DatabaseError(HubError):
     """The database could not be reached or set up."""
 
 
+# Seconds to wait for PostgreSQL to accept a connection.
+PG_CONNECT_TIMEOUT_S = 10
+
+
 def normalize_url(url: str) -> str:
     """Use psycopg 3 for PostgreSQL; a bare ``postgresql://`` would ask for psycopg2."""
     try:
@@ -50,7 +54,11 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True)
+    # A server that does not answer at all (a dropped route, a firewall) would otherwise hang the hub's
+    # start and every request for the kernel's TCP timeout; libpq's connect_timeout bounds it.
+    return create_engine(
+        url, echo=echo, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from cloud.broker import BrokerHandle, ensure_broker
+from cloud.broker import BrokerError, BrokerHandle, ensure_broker
 from cloud.client import HubClient
 from cloud.retained import clear_fleet_retained
 from edgefleet_proto.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -68,6 +68,12 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
         if time.monotonic() >= deadline:
             raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
         event.wait(interval)  # a pause between polls of external state, not a wait for an event
+
+
+# A device that takes no traffic keeps a new version once its trial window has passed without
+# evidence against it; the demo shortens the window so the rollout converges in seconds. The bad
+# version's devices take traffic at once and trip a gate well inside it.
+DEMO_TRIAL_WINDOW_S = 8.0
 
 
 def start_fleet(
@@ -149,8 +155,14 @@ def run_demo(
     timeout: float = 120.0,
     console: Console | None = None,
     broker: BrokerHandle | None = None,
+    mqtt_host: str = "127.0.0.1",
+    mqtt_port: int = 1883,
 ) -> dict[str, Any]:
-    """Run the demo; returns the summary it printed. Raises DemoError on any failed step."""
+    """Run the demo; returns the summary it printed. Raises DemoError on any failed step.
+
+    ``broker``: use this one; else the broker at ``mqtt_host:mqtt_port`` when it answers MQTT,
+    else an embedded one started for the demo.
+    """
     from cloud.demo_bundle import build_and_register, runtimes_mix_for, show_variants
     from cloud.hub import Hub
     from cloud.settings import Settings
@@ -160,7 +172,10 @@ def run_demo(
     fleet = f"demo-{uuid.uuid4().hex[:8]}"
     with contextlib.ExitStack() as stack, _workdir(workdir) as work:
         if broker is None:
-            broker = ensure_broker("127.0.0.1", 1883)
+            try:
+                broker = ensure_broker(mqtt_host, mqtt_port)
+            except BrokerError as e:
+                raise DemoError(str(e)) from e
             stack.callback(broker.stop)
         out.print(f"[bold]broker[/]   {broker.description}")
 
@@ -195,8 +210,12 @@ def run_demo(
             state_root=work / "fleet",
             local_api_devices=min(3, devices),
             telemetry_interval=1.0,
-            extra_args=["--runtimes-mix", runtimes_mix_for(trained), *fleet_args(root_file, hub.api_url)],
-        )
+            extra_args=[
+                "--runtimes-mix", runtimes_mix_for(trained),
+                "--trial-window", f"{DEMO_TRIAL_WINDOW_S:g}",
+                *fleet_args(root_file, hub.api_url),
+            ],
+        )  # fmt: skip
         stack.callback(lambda: clear_fleet_retained(broker.host, broker.port, fleet, broker.protocol))
         stack.callback(fleet_proc.stop)
 
@@ -220,7 +239,11 @@ def run_demo(
 
         converged = wait_for("every device to serve the model", all_in_sync, timeout)
         rollout_s = time.monotonic() - t_assign
-        out.print(f"[bold]rollout[/]  all {devices} devices serve {trained.version} after {rollout_s:.1f} s")
+        out.print(
+            f"[bold]rollout[/]  all {devices} devices serve and committed {trained.version} after "
+            f"{rollout_s:.1f} s (an idle device keeps a new version after its trial window: "
+            f"{DEMO_TRIAL_WINDOW_S:g} s in this demo, 60 s by default)"
+        )
         variant_of = show_variants(client, out)
 
         from model_tools.data import load_digits_splits

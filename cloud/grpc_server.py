@@ -118,6 +118,55 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
             )
 
 
+def bind_grpc_server(
+    host: str = "127.0.0.1", port: int = 0, *, max_workers: int = 16
+) -> tuple[grpc.Server, int]:
+    """A server bound to ``host:port`` with no services yet; returns it and its port (``port=0``: any).
+
+    Nothing is served until :func:`serve_artifacts`: the hub binds its ports before it opens
+    the database or talks to the broker, so that a taken port stops it before either.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-artifacts"),
+        options=[
+            # A chunk is at most 1 MiB; requests are tiny.
+            ("grpc.max_send_message_length", MAX_CHUNK + 64 * 1024),
+            # gRPC sets SO_REUSEPORT by default, so a second hub on the same port would bind
+            # too and take half of the first one's connections. A taken port is an error.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise GrpcServerError(
+            f"cannot listen for gRPC on {address}: the port is taken or the host is unknown"
+        ) from e
+    if bound == 0:
+        raise GrpcServerError(
+            f"cannot listen for gRPC on {address}: the port is taken or the host is unknown"
+        )
+    return server, bound
+
+
+def serve_artifacts(
+    server: grpc.Server,
+    store: ArtifactStore,
+    is_served: Callable[[str], bool],
+    *,
+    metadata: Callable[[str], bytes] | None = None,
+) -> None:
+    """Add the artifact and health services to a bound server and start it."""
+    artifacts = ArtifactService(store, is_served, metadata)
+    artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(artifacts, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.start()
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+
 def start_grpc_server(
     store: ArtifactStore,
     is_served: Callable[[str], bool],
@@ -128,26 +177,7 @@ def start_grpc_server(
     max_workers: int = 16,
 ) -> tuple[grpc.Server, int]:
     """Start the artifact and health services; returns the server and its bound port (``port=0``: any)."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-artifacts"),
-        # A chunk is at most 1 MiB; requests are tiny.
-        options=[("grpc.max_send_message_length", MAX_CHUNK + 64 * 1024)],
-    )
-    artifacts = ArtifactService(store, is_served, metadata)
-    artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(artifacts, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as e:
-        raise GrpcServerError(f"cannot listen for gRPC on {address}: {e}") from e
-    if bound == 0:
-        raise GrpcServerError(
-            f"cannot listen for gRPC on {address}: the port is taken or the host is unknown"
-        )
-    server.start()
-    for service in ("", SERVICE_NAME):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    server, bound = bind_grpc_server(host, port, max_workers=max_workers)
+    serve_artifacts(server, store, is_served, metadata=metadata)
     log.info("gRPC artifact server listening on %s:%d", host, bound)
     return server, bound

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,16 +23,17 @@ from cloud.api import create_app
 from cloud.artifacts import ArtifactStore
 from cloud.clock import Clock, utcnow
 from cloud.context import HubContext
-from cloud.db import SessionFactory, create_all, create_db_engine, session_factory
+from cloud.db import SessionFactory, session_factory
 from cloud.errors import HubError
-from cloud.grpc_server import start_grpc_server
-from cloud.mqtt import HubMqtt
+from cloud.grpc_server import GrpcServerError, bind_grpc_server, serve_artifacts
+from cloud.mqtt import HubMqtt, check_broker
 from cloud.services import assignments, registry
 from cloud.services.director import Director
 from cloud.services.ingest import Ingestor
 from cloud.services.signing import Signing
 from cloud.services.tokens import ensure_admin_token
 from cloud.settings import Settings
+from cloud.startup import HubStartError, bind_http_socket, open_database, probe_port
 from cloud.tuf import TufSettings, ensure_initialized, open_repository
 from cloud.tuf.scheduler import ResignScheduler
 from cloud.tuf.sync import sync_targets
@@ -39,18 +41,25 @@ from edgefleet_proto.topics import FleetTopics
 
 log = logging.getLogger(__name__)
 
-
-class HubStartError(HubError):
-    """A part of the hub did not come up."""
+__all__ = ["Hub", "HubStartError", "read_admin_token"]
 
 
 class Hub:
     """Everything the hub runs, composed in one process."""
 
     def __init__(
-        self, settings: Settings, *, clock: Clock = utcnow, tuf_settings: TufSettings | None = None
+        self,
+        settings: Settings,
+        *,
+        clock: Clock = utcnow,
+        tuf_settings: TufSettings | None = None,
+        broker_check_s: float | None = None,
     ) -> None:
         self.settings = settings
+        # None: start without the broker and connect when it comes up (tests, the demo);
+        # seconds: refuse to start unless the broker accepts the hub within that time (`fleet hub`).
+        self._broker_check_s = broker_check_s
+        self._http_socket: socket.socket | None = None
         self._clock = clock
         self._lock = threading.Lock()
         self._started = threading.Event()
@@ -88,9 +97,23 @@ class Hub:
 
     def _start_parts(self) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = self._engine = create_db_engine(s.resolved_database_url())
-        create_all(engine)
+        # All or nothing: every port and the database are checked before the broker hears
+        # from this hub, so a hub that cannot start publishes nothing (cloud.startup).
+        self._http_socket = bind_http_socket(s.api_host, s.api_port)
+        probe_port(s.grpc_host, s.grpc_port, what="gRPC", env="EDGEFLEET_GRPC")
+        try:
+            self._grpc, self._grpc_port = bind_grpc_server(s.grpc_host, s.grpc_port)
+        except GrpcServerError as e:
+            raise HubStartError(f"{e} (EDGEFLEET_GRPC_HOST, EDGEFLEET_GRPC_PORT)") from e
+        try:
+            s.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HubStartError(
+                f"cannot create the data folder {s.data_dir}: {e.strerror} (EDGEFLEET_DATA_DIR)"
+            ) from e
+        engine = self._engine = open_database(s.resolved_database_url())
+        if self._broker_check_s is not None:
+            check_broker(s, timeout=self._broker_check_s)
         sessions = session_factory(engine)
         with sessions() as session:
             ensure_admin_token(session, s.admin_token_path(), clock=self._clock)
@@ -103,9 +126,7 @@ class Hub:
                     return True
             return signing.repo.has_target_sha256(sha256)
 
-        self._grpc, self._grpc_port = start_grpc_server(
-            store, is_served, host=s.grpc_host, port=s.grpc_port, metadata=signing.repo.metadata_file
-        )
+        serve_artifacts(self._grpc, store, is_served, metadata=signing.repo.metadata_file)
         endpoint = s.public_grpc_endpoint(self._grpc_port)
 
         self.ingestor = Ingestor(sessions, _fleet_topics(s), clock=self._clock)
@@ -147,25 +168,15 @@ class Hub:
         return Signing(repo, Director(repo, clock=self._clock), sessions)
 
     def _start_api(self, ctx: HubContext) -> None:
-        config = uvicorn.Config(
-            create_app(ctx),
-            host=self.settings.api_host,
-            port=self.settings.api_port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-        )
+        sock = self._http_socket
+        if sock is None:
+            raise RuntimeError("the HTTP socket is bound in _start_parts before the API starts")
+        config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")
         server = self._uvicorn = uvicorn.Server(config)
-        # Bound here, not inside uvicorn, so that port 0 resolves before the thread starts.
-        try:
-            sock = config.bind_socket()
-        except SystemExit as e:  # uvicorn exits the process when it cannot bind
-            raise HubStartError(
-                f"cannot listen for HTTP on {self.settings.api_host}:{self.settings.api_port}"
-            ) from e
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self._api_url = f"http://{shown}:{port}"
+        # uvicorn serves on the socket bound at the start, so nothing can take the port in between.
         self._api_thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="hub-api", daemon=True
         )
@@ -211,6 +222,8 @@ class Hub:
             self._mqtt.stop(timeout)
         if self._grpc is not None:
             self._grpc.stop(grace=1.0).wait(timeout)
+        if self._http_socket is not None:
+            self._http_socket.close()  # uvicorn closed it if it served; a failed start did not get that far
         if self._engine is not None:
             self._engine.dispose()
         self._started.clear()

@@ -85,10 +85,26 @@ class Device(SQLModel, table=True):
     active_model_name: str | None = None
     active_model_version: str | None = None
     active_model_sha256: str | None = Field(default=None, max_length=64)
+    active_model_variant: str = Field(default="", max_length=32)
+    active_model_precision: str = Field(default="", max_length=8)
     previous_model_name: str | None = None
     previous_model_version: str | None = None
     previous_model_sha256: str | None = Field(default=None, max_length=64)
+    previous_model_variant: str = Field(default="", max_length=32)
+    previous_model_precision: str = Field(default="", max_length=8)
     applied_generation: int = Field(default=0, sa_type=BigInteger)
+    # The version on trial, as the device last reported it (None: no trial running). Keys: model
+    # (name, version, sha256, variant, precision), mode, requests, window_requests, started_at_ms,
+    # window_ends_at_ms.
+    trial: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    # The board the device is; a firmware image for another one is refused ("": takes no firmware).
+    hardware_id: str = Field(default="", max_length=64)
+    firmware_version: str = Field(default="", max_length=64)
+    firmware_slot: str = Field(default="", max_length=8)
+    trusted_root_version: int = Field(default=0, sa_type=BigInteger)
+    # The device's outgoing queue: waiting for the broker, and dropped because it was full.
+    queued_messages: int = Field(default=0, sa_type=BigInteger)
+    dropped_messages: int = Field(default=0, sa_type=BigInteger)
     first_seen: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_seen: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -157,7 +173,8 @@ class DeviceEvent(SQLModel, table=True):
     model_version: str = ""
     model_sha256: str = ""
     reason: str = ""
-    details: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    # Typed figures (ints, floats, bools, text) from the event's ``data``; text only from older agents.
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     generation: int = Field(default=0, sa_type=BigInteger)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

@@ -33,6 +33,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from cloud.errors import InvalidInputError, PublishError
 from cloud.services.ingest import InboundMessage
 from cloud.settings import Settings
+from cloud.startup import HubStartError, hostport
 from edgefleet_proto.topics import Channel, FleetTopics, TopicError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,61 @@ DesiredSource = Callable[[], Sequence[tuple[str, bytes]]]
 
 _STOP = object()
 _PUT_RETRY_S = 1.0
+
+
+def _client_for(settings: Settings, client_id: str) -> paho.Client:
+    v5 = settings.mqtt_protocol == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+    )
+    if settings.mqtt_username is not None:
+        password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+        client.username_pw_set(settings.mqtt_username, password)
+    return client
+
+
+def check_broker(settings: Settings, *, timeout: float) -> None:
+    """Connect once as the hub would (protocol, credentials), publish nothing, and disconnect.
+
+    Raises HubStartError naming the broker and the settings to change when it does not
+    answer, does not answer MQTT within ``timeout`` seconds, or refuses the hub.
+    """
+    where = hostport(settings.mqtt_host, settings.mqtt_port)
+    client = _client_for(settings, f"edgefleet-hub-check-{secrets.token_hex(4)}")
+    answered = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+        answered.set()
+
+    client.on_connect = on_connect
+    client.connect_timeout = timeout
+    try:
+        client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=settings.mqtt_keepalive_s)
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise HubStartError(
+            f"no MQTT broker answers at {where}: {reason} (EDGEFLEET_MQTT_HOST, EDGEFLEET_MQTT_PORT)"
+        ) from e
+    client.loop_start()
+    try:
+        if not answered.wait(timeout):
+            raise HubStartError(
+                f"the MQTT broker at {where} did not accept a connection within {timeout:g} s "
+                "(EDGEFLEET_MQTT_HOST, EDGEFLEET_MQTT_PORT)"
+            )
+        if refused:
+            raise HubStartError(
+                f"the MQTT broker at {where} refused the hub: {refused[0]} (EDGEFLEET_MQTT_USERNAME, "
+                f"EDGEFLEET_MQTT_PASSWORD; EDGEFLEET_MQTT_PROTOCOL is {settings.mqtt_protocol})"
+            )
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class HubMqtt:
@@ -71,14 +127,9 @@ class HubMqtt:
         self._threads: list[threading.Thread] = []
         self._started = False
 
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"edgefleet-hub-{settings.fleet}-{secrets.token_hex(4)}",
-            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
+        self._client = _client_for(
+            settings, client_id or f"edgefleet-hub-{settings.fleet}-{secrets.token_hex(4)}"
         )
-        if settings.mqtt_username is not None:
-            password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-            self._client.username_pw_set(settings.mqtt_username, password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

@@ -162,8 +162,23 @@ class ModelRefPublic(BaseModel):
     name: str
     version: str
     sha256: str
-    variant: str = Field(default="", description="the bundle variant (desired model only), e.g. int8-qdq")
-    precision: str = Field(default="", description="fp32 or int8 (desired model only)")
+    variant: str = Field(default="", description="the bundle variant, e.g. tflite-int8 (empty: not known)")
+    precision: str = Field(default="", description="fp32 or int8 (empty: not known)")
+
+
+class TrialPublic(BaseModel):
+    """A version on trial on the device, as it last reported it."""
+
+    model: ModelRefPublic
+    # str, not an enum: a newer agent's mode must not make the device unreadable.
+    mode: str = Field(
+        description="serve (the new version answers) or shadow (the previous one answers; the new one runs "
+        "beside it)"
+    )
+    requests: int = Field(description="requests judged so far")
+    window_requests: int = Field(description="requests that end the trial")
+    started_at: datetime
+    window_ends_at: datetime | None = Field(description="the trial ends at this instant at the latest")
 
 
 class DevicePublic(BaseModel):
@@ -179,9 +194,17 @@ class DevicePublic(BaseModel):
     desired_model: ModelRefPublic | None
     desired_generation: int | None
     applied_generation: int
+    trial: TrialPublic | None = Field(default=None, description="the version on trial; null when none runs")
     in_sync: bool = Field(
-        description="true when no model is desired or the active model's sha256 equals the desired one"
+        description="committed: the active model is the desired one, the applied generation has reached the "
+        "desired one, and no trial runs (true with no desired model and no trial)"
     )
+    hardware_id: str = Field(default="", description="the board; empty when the device takes no firmware")
+    firmware_version: str = Field(default="", description="the firmware the device runs; empty without slots")
+    firmware_slot: str = Field(default="", description="a or b: the firmware slot it runs")
+    trusted_root_version: int = Field(default=0, description="the TUF root version it trusts (0: none)")
+    queued_messages: int = Field(default=0, description="messages waiting in its outgoing queue")
+    dropped_messages: int = Field(default=0, description="messages its full outgoing queue dropped")
     first_seen: datetime
     last_seen: datetime
 
@@ -199,7 +222,9 @@ class DeviceEventPublic(_Public):
     model_version: str
     model_sha256: str
     reason: str
-    details: dict[str, str]
+    details: dict[str, Any] = Field(
+        description="figures with their types (integers, numbers, booleans, text); all text from older agents"
+    )
     generation: int
     received_at: datetime
 

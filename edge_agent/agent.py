@@ -24,6 +24,7 @@ from edge_agent import __version__
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.config import AgentConfig
+from edge_agent.details import DetailValue, fill_details
 from edge_agent.errors import (
     AgentError,
     InferenceError,
@@ -259,6 +260,8 @@ class Agent:
             sent_at_ms=self._clock.wall_ms(),
             applied_generation=saved.applied_generation,
             health=self.health() if state == device_pb2.DEVICE_STATE_ONLINE else "offline",
+            # The hub refuses firmware for another board before it signs anything.
+            hardware_id=self.config.firmware.hardware_id,
         )
         msg.slots.extend(self.status_slots())
         trial = self.updater.trial
@@ -469,7 +472,7 @@ class Agent:
         *,
         model: common_pb2.ModelRef | None = None,
         generation: int = 0,
-        details: Mapping[str, str] | None = None,
+        details: Mapping[str, DetailValue] | None = None,
     ) -> None:
         event = event_pb2.Event(
             device_id=self.device_id,
@@ -477,9 +480,9 @@ class Agent:
             ts_ms=self._clock.wall_ms(),
             kind=kind,
             reason=reason,
-            details=dict(details or {}),
             generation=generation,
         )
+        fill_details(event, details or {})
         if model is not None:
             event.model.CopyFrom(model)
         name = K.Name(kind).removeprefix("EVENT_KIND_").lower()

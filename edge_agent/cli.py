@@ -25,6 +25,7 @@ from edge_agent.errors import AgentError, ConfigError
 from edge_agent.logs import configure_logging
 
 if TYPE_CHECKING:
+    from edge_agent.sim_labels import LabelMix
     from edge_agent.sim_mix import DeviceKind
 
 __all__ = ["main"]
@@ -72,6 +73,7 @@ def _status(config_path: Path, as_json: bool) -> None:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
+    from edge_agent.config import TrialConfig
     from edge_agent.sim import run_fleet
     from edge_agent.trust.config import FirmwareConfig, TrustConfig
 
@@ -88,6 +90,7 @@ async def _simulate(args: argparse.Namespace) -> None:
         grpc_endpoint=args.grpc_endpoint,
         local_api_devices=args.local_api_devices,
         labels=labels,
+        label_mix=args.label_mix,
         telemetry_interval_s=args.telemetry_interval,
         stop_event=stop,
         runtimes_mix=args.runtimes_mix,
@@ -97,14 +100,26 @@ async def _simulate(args: argparse.Namespace) -> None:
         firmware=FirmwareConfig(
             hardware_id=args.firmware_hardware or "", factory_bundle=args.firmware_factory
         ),
+        trial=TrialConfig(window_s=args.trial_window),
     )
 
 
 def _parse_label(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--label expects key=value, got {item!r}")
-    return key, value
+    from edge_agent.sim_labels import parse_label
+
+    try:
+        return parse_label(item)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _parse_label_mix(text: str) -> LabelMix:
+    from edge_agent.sim_labels import parse_label_mix
+
+    try:
+        return parse_label_mix(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _parse_runtimes_mix(text: str) -> list[DeviceKind]:
@@ -123,12 +138,34 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+    return value
+
+
+def _package_version() -> str:
+    """The installed distribution's version (what pip shows), else the package's own."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("edgefleet")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    from edge_agent.config import TrialConfig
+
     parser = argparse.ArgumentParser(
         prog="edgefleet-agent",
         description="The edgefleet device agent: keeps a verified model serving and reports to the hub.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     parser.add_argument("--config", type=Path, metavar="PATH", help="agent config (TOML); runs the agent")
     parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -177,7 +214,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "--telemetry-interval", type=float, default=10.0, metavar="S", help="seconds per window (default 10)"
     )
     sim.add_argument(
-        "--label", action="append", type=_parse_label, default=[], metavar="KEY=VALUE", help="repeatable"
+        "--label",
+        action="append",
+        type=_parse_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label every device reports (repeatable)",
+    )
+    sim.add_argument(
+        "--label-mix",
+        type=_parse_label_mix,
+        metavar="MIX",
+        help="labels shared out by device index, e.g. region=eu:40,region=us:60 (each key's "
+        "percentages add up to 100; the same devices get the same values on every run)",
     )
     sim.add_argument(
         "--runtimes-mix",
@@ -203,7 +252,16 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--firmware-factory", type=Path, metavar="FILE", help="factory firmware bundle for slot a"
     )
+    sim.add_argument(
+        "--trial-window",
+        type=_non_negative_float,
+        default=TrialConfig().window_s,
+        metavar="S",
+        help=f"seconds a new version is on trial at most, with or without traffic (default "
+        f"{TrialConfig().window_s:g}; 0: until the request window ends)",
+    )
     sim.add_argument("--log-level", dest="sim_log_level", metavar="LEVEL", help="log level (default WARNING)")
+    sim.add_argument("--check", action="store_true", help="check the options and exit without running")
     return parser
 
 
@@ -212,6 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     command = args.command or ("run" if args.config is not None else None)
+    if command == "simulate" and args.label_mix is not None:
+        both = sorted({key for key, _ in args.label} & set(args.label_mix.keys))
+        if both:
+            parser.error(f"label {', '.join(both)} is given by both --label and --label-mix: give it once")
+    if command == "simulate" and args.check:
+        return 0
     if command is None:
         parser.print_help(sys.stderr)
         return 2

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config import TrialConfig, TrialMode
+from edge_agent.details import DetailValue
 from edge_agent.telemetry import percentile
 from edge_agent.tensors import Array
 
@@ -47,7 +48,8 @@ class Verdict:
     passed: bool
     gate: str
     reason: str
-    figures: Mapping[str, str] = field(default_factory=dict)
+    # Typed (a count is an int, a ratio a float): the event's typed details carry them as they are.
+    figures: Mapping[str, DetailValue] = field(default_factory=dict)
 
 
 def js_divergence(p: npt.ArrayLike, q: npt.ArrayLike) -> float:
@@ -107,10 +109,6 @@ def _disagreeing_rows(new: Mapping[str, Array], old: Mapping[str, Array], classe
         return int(np.count_nonzero(pa != pb)), int(pa.size)
     close = np.isclose(a, b, rtol=1e-3, atol=1e-5).reshape(a.shape[0], -1).all(axis=1)
     return int(np.count_nonzero(~close)), int(a.shape[0])
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
 
 
 class TrialJudge:
@@ -222,9 +220,9 @@ class TrialJudge:
             else ""
         )
         ended = {"window": "the trial window was full", "time": "the trial time was up"}.get(why, why)
-        return self._decide(True, "window", f"every gate passed: {ended}{note}", judged=str(not thin).lower())
+        return self._decide(True, "window", f"every gate passed: {ended}{note}", judged=not thin)
 
-    def _decide(self, passed: bool, gate: str, reason: str, **extra: str) -> Verdict:
+    def _decide(self, passed: bool, gate: str, reason: str, **extra: DetailValue) -> Verdict:
         self.verdict = Verdict(passed, gate, reason, {**self.figures(), **extra, "gate": gate})
         return self.verdict
 
@@ -296,25 +294,29 @@ class TrialJudge:
             return None
         return self._disagree / self._compared
 
-    def figures(self) -> dict[str, str]:
-        """What was measured so far, as strings for an event's details."""
-        out = {"requests": str(self.requests), "errors": str(self.errors), "mode": self._mode.value}
+    def figures(self) -> dict[str, DetailValue]:
+        """What was measured so far, for an event's details."""
+        out: dict[str, DetailValue] = {
+            "requests": self.requests,
+            "errors": self.errors,
+            "mode": self._mode.value,
+        }
         p95 = percentile(sorted(self._latencies), 95) if self._latencies else None
         if p95 is not None:
-            out["p95_ms"] = _fmt(p95)
+            out["p95_ms"] = float(p95)
         ref = percentile(sorted(self._ref_latencies), 95) if self._ref_latencies else self._baseline_p95
         if ref is not None:
-            out["previous_p95_ms"] = _fmt(ref)
+            out["previous_p95_ms"] = float(ref)
         counts = self._counts
         if counts is not None and counts.sum() > 0:
             if self._profile is not None and self._profile.shape == counts.shape:
-                out["js_divergence"] = _fmt(js_divergence(counts, self._profile))
+                out["js_divergence"] = js_divergence(counts, self._profile)
                 out["baseline"] = "profile"
             elif self._ref_counts is not None and self._ref_counts.sum() > 0:
-                out["js_divergence"] = _fmt(js_divergence(counts, self._ref_counts))
+                out["js_divergence"] = js_divergence(counts, self._ref_counts)
                 out["baseline"] = "previous"
             top = int(counts.argmax())
-            out["top_class_share"] = _fmt(float(counts[top]) / float(counts.sum()))
+            out["top_class_share"] = float(counts[top]) / float(counts.sum())
         if self._compared:
-            out["disagreement"] = _fmt(self._disagree / self._compared)
+            out["disagreement"] = self._disagree / self._compared
         return out

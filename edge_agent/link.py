@@ -131,7 +131,14 @@ class MqttLink:
         )
 
     async def _session(self, stop: asyncio.Event) -> None:
-        async with self._client() as client:
+        client = self._client()
+        try:
+            await self._serve(client, stop)
+        finally:
+            _retrieve_disconnect_error(client)
+
+    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        async with client:
             self.connections += 1
             self._backoff.reset()
             self._status_dirty = False
@@ -207,3 +214,18 @@ class MqttLink:
                 continue
             changed.clear()
             await changed.wait()
+
+
+def _retrieve_disconnect_error(client: aiomqtt.Client) -> None:
+    """Mark the reason a connection dropped as seen, once the session is over.
+
+    aiomqtt records an unexpected disconnection (a broker that closes the socket, at its
+    shutdown or after an error of its own) as the exception of a private future. When the
+    drop comes while the client is already leaving its context, ``__aexit__`` returns
+    early without reading it, and asyncio logs "Future exception was never retrieved" for
+    each such client when the future is collected. The link has already logged the drop
+    (or stopped on purpose), so reading it here loses nothing.
+    """
+    disconnected = getattr(client, "_disconnected", None)
+    if isinstance(disconnected, asyncio.Future) and disconnected.done() and not disconnected.cancelled():
+        disconnected.exception()

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edge_agent.agent import Agent
-from edge_agent.config import AgentConfig, BackoffConfig, MqttProtocol
+from edge_agent.config import AgentConfig, BackoffConfig, MqttProtocol, TrialConfig
 from edge_agent.fetcher import ChannelPool
+from edge_agent.sim_labels import LabelMix
 from edge_agent.sim_mix import DeviceKind
 from edge_agent.tasks import cancel_and_wait
 from edge_agent.trust.config import FirmwareConfig, TrustConfig
@@ -65,13 +66,17 @@ class Fleet:
         grpc_endpoint: str = "127.0.0.1:50051",
         local_api_devices: int | None = None,
         labels: Mapping[str, str] | None = None,
+        label_mix: LabelMix | None = None,
         telemetry_interval_s: float = 10.0,
         backoff: BackoffConfig | None = None,
         runtimes_mix: Sequence[DeviceKind] | None = None,
         trust: TrustConfig | None = None,
         firmware: FirmwareConfig | None = None,
+        trial: TrialConfig | None = None,
     ) -> None:
         with_api = n if local_api_devices is None else max(0, min(local_api_devices, n))
+        ids = device_ids(n)
+        mixed = label_mix.assign(n) if label_mix is not None else [{} for _ in ids]
         _allow_open_files(n)
         self.channels = ChannelPool()
         # Blocking channels for the TUF client (it runs in worker threads), shared like the async ones.
@@ -90,17 +95,23 @@ class Fleet:
                     mqtt_protocol=mqtt_protocol,
                     grpc_endpoint=grpc_endpoint,
                     local_api=index < with_api,
-                    labels={**(labels or {}), **(kinds[index % len(kinds)].labels() if kinds else {})},
+                    # Every device's labels, then its share of the mix, then its kind's precision.
+                    labels={
+                        **(labels or {}),
+                        **mixed[index],
+                        **(kinds[index % len(kinds)].labels() if kinds else {}),
+                    },
                     telemetry_interval_s=telemetry_interval_s,
                     backoff=backoff,
                     trust=trust,
                     firmware=firmware,
+                    trial=trial,
                 ),
                 channels=self.channels,
                 sync_channels=self.sync_channels,
                 runtimes=kinds[index % len(kinds)].registry() if kinds else None,
             )
-            for index, device_id in enumerate(device_ids(n))
+            for index, device_id in enumerate(ids)
         ]
 
     @property
@@ -169,17 +180,20 @@ async def run_fleet(
     grpc_endpoint: str = "127.0.0.1:50051",
     local_api_devices: int | None = None,
     labels: Mapping[str, str] | None = None,
+    label_mix: LabelMix | None = None,
     telemetry_interval_s: float = 10.0,
     stop_event: asyncio.Event,
     out: TextIO | None = None,
     runtimes_mix: Sequence[DeviceKind] | None = None,
     trust: TrustConfig | None = None,
     firmware: FirmwareConfig | None = None,
+    trial: TrialConfig | None = None,
 ) -> None:
     """Run ``n`` agents (``sim-0001``..) under ``base_dir`` until ``stop_event`` is set.
 
     ``local_api_devices``: how many of the first devices serve a local API socket
-    (None: all). The caller turns SIGINT/SIGTERM into ``stop_event`` (the CLI does).
+    (None: all). ``labels`` go to every device; ``label_mix`` shares values out by device
+    index. The caller turns SIGINT/SIGTERM into ``stop_event`` (the CLI does).
     """
     fleet_ = Fleet(
         n,
@@ -191,9 +205,11 @@ async def run_fleet(
         grpc_endpoint=grpc_endpoint,
         local_api_devices=local_api_devices,
         labels=labels,
+        label_mix=label_mix,
         telemetry_interval_s=telemetry_interval_s,
         runtimes_mix=runtimes_mix,
         trust=trust,
         firmware=firmware,
+        trial=trial,
     )
     await fleet_.run(stop_event, out=out)

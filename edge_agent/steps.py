@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from edge_agent.clock import Clock
 from edge_agent.config import LimitsConfig, TrialConfig, TrialMode, UpdateConfig
+from edge_agent.details import DetailValue
 from edge_agent.errors import (
     DownloadError,
     InferenceError,
@@ -65,7 +66,7 @@ class Reporter(Protocol):
         *,
         model: common_pb2.ModelRef | None = None,
         generation: int = 0,
-        details: Mapping[str, str] | None = None,
+        details: Mapping[str, DetailValue] | None = None,
     ) -> None: ...
 
 
@@ -160,7 +161,7 @@ class Steps:
     last_failure: str = ""
 
     def fail(
-        self, kind: event_pb2.EventKind.ValueType, attempt: Attempt, reason: str, **details: str
+        self, kind: event_pb2.EventKind.ValueType, attempt: Attempt, reason: str, **details: DetailValue
     ) -> None:
         self.logger.warning(
             "update failed kind=%s generation=%d sha256=%s reason=%s",
@@ -208,7 +209,7 @@ class Steps:
         is_model = artifact.sha256 == ref.sha256
         offset = self.store.partial_size(artifact.sha256)
         endpoint = attempt.desired.artifact_endpoint
-        details = {"offset": str(offset), **({"endpoint": endpoint} if endpoint else {})}
+        details: dict[str, DetailValue] = {"offset": offset, **({"endpoint": endpoint} if endpoint else {})}
         if not is_model:
             details["artifact"] = "profile"
         self.report(K.EVENT_KIND_DOWNLOAD_STARTED, model=ref, generation=attempt.generation, details=details)
@@ -220,9 +221,9 @@ class Steps:
         except DownloadError as e:
             held = self.store.partial_size(artifact.sha256)
             what = "" if is_model else "data profile: "
-            self.fail(K.EVENT_KIND_DOWNLOAD_FAILED, attempt, f"{what}{e}", offset=str(held))
+            self.fail(K.EVENT_KIND_DOWNLOAD_FAILED, attempt, f"{what}{e}", offset=held)
             return False
-        done = {"bytes": str(artifact.length), "resumed_from": str(offset)}
+        done: dict[str, DetailValue] = {"bytes": artifact.length, "resumed_from": offset}
         if not is_model:
             done["artifact"] = "profile"
         self.report(K.EVENT_KIND_DOWNLOAD_COMPLETED, model=ref, generation=attempt.generation, details=done)
@@ -338,10 +339,10 @@ class Steps:
         session.start()
         if session.mode is TrialMode.SERVE:
             self._report_activated(attempt, previous)
-        details = {
+        details: dict[str, DetailValue] = {
             "mode": session.mode.value,
-            "window_requests": str(self.trial.window_requests),
-            "window_s": f"{self.trial.window_s:g}",
+            "window_requests": self.trial.window_requests,
+            "window_s": float(self.trial.window_s),
             "baseline": "profile" if attempt.class_distribution is not None else "previous",
         }
         if attempt.profile_note:
@@ -450,9 +451,9 @@ class Steps:
             self.report(K.EVENT_KIND_ERROR, f"cannot record the rollback: {e}", model=ref)
             event = E.FAIL
         # "refused": the hub records that this device will not take this version again.
-        details = {**verdict.figures, "gate": verdict.gate, "refused": "true"}
+        details: dict[str, DetailValue] = {**verdict.figures, "gate": verdict.gate, "refused": True}
         if session is not None and session.rollback_ms is not None:
-            details["swap_ms"] = f"{session.rollback_ms:.3f}"
+            details["swap_ms"] = session.rollback_ms
         back_to = (
             session.previous.ref if session is not None and session.previous is not None else saved.active
         )

@@ -30,6 +30,7 @@ from edge_agent.clock import Clock, SystemClock
 from edge_agent.config import LimitsConfig, TrialConfig, UpdateConfig
 from edge_agent.desired import Verdict as Intake
 from edge_agent.desired import check_desired
+from edge_agent.details import as_text
 from edge_agent.errors import DesiredRejectedError, ModelLoadError, StateFileError, StateLoopError
 from edge_agent.fetcher import Fetcher
 from edge_agent.gates import Verdict
@@ -288,7 +289,7 @@ class Updater:
                 "crash_loop",
                 f"the agent restarted {restarts} times during the trial of {ref.name}:{ref.version} "
                 f"(limit {self._trial.max_restarts}): a crash loop counts as a failed trial",
-                {"restarts": str(restarts)},
+                {"restarts": restarts},
             )
         self._log.info("resuming the update of generation %d from %s", record.generation, where.name)
         self._resume = _Resume(record.desired, record.saves, restarts, reject)
@@ -403,7 +404,7 @@ class Updater:
             self._checkpoint(state, attempt)
         except StateLoopError as e:
             self._log.error("%s", e)
-            attempt.verdict = Verdict(False, "state_loop", str(e), {"saves": str(attempt.saves + 1)})
+            attempt.verdict = Verdict(False, "state_loop", str(e), {"saves": attempt.saves + 1})
             return E.LOOP
         except StateFileError as e:
             if state is not S.ROLLING_BACK:
@@ -453,7 +454,10 @@ class Updater:
             saves=saves,
             restarts=attempt.restarts,
             reason=verdict.reason if verdict is not None and state is S.ROLLING_BACK else "",
-            details=tuple(sorted(verdict.figures.items())) if verdict is not None else (),
+            # The state file keeps the text form: a resumed rollback reports the figures as text.
+            details=tuple(sorted((k, as_text(v)) for k, v in verdict.figures.items()))
+            if verdict is not None
+            else (),
         )
         self._state.update(update=record)
         attempt.saves = saves

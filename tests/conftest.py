@@ -1,9 +1,11 @@
 """Fixtures shared by every suite.
 
-Integration tests talk to the real services: Mosquitto on 127.0.0.1:1883 and
-PostgreSQL on 127.0.0.1:5432 (database ``test``). Their addresses can be moved
-with EDGEFLEET_TEST_MQTT_HOST/PORT and EDGEFLEET_TEST_PG_URL. A missing service
-is a failure, not a skip: .ci/run starts both before the tests.
+Integration tests talk to real servers that the test run starts for itself: a Mosquitto and a
+PostgreSQL (database ``test``) on free ports, in temp folders, stopped and removed when the run
+ends (tests/_services). They start at the first test that needs them, so unit-only runs need
+neither. A user's own broker or database is never touched, unless named explicitly with
+EDGEFLEET_TEST_MQTT_HOST/PORT or EDGEFLEET_TEST_PG_URL. A missing server program stops the run
+with the package to install: a failure, not a skip.
 """
 
 from __future__ import annotations
@@ -16,9 +18,22 @@ from pathlib import Path
 
 import pytest
 
-MQTT_HOST = os.environ.get("EDGEFLEET_TEST_MQTT_HOST", "127.0.0.1")
-MQTT_PORT = int(os.environ.get("EDGEFLEET_TEST_MQTT_PORT", "1883"))
-PG_URL = os.environ.get("EDGEFLEET_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests._services import Mosquitto, PostgreSQL, running
+from tests._services.external import (
+    MQTT_HOST_ENV,
+    MQTT_PORT_ENV,
+    PG_URL_ENV,
+    external_broker,
+    external_postgres_url,
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A malformed opt-in stops the run before the first test, not in the middle of it."""
+    try:
+        external_broker(os.environ)
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def _tcp_open(host: str, port: int, timeout: float = 2.0) -> bool:
@@ -30,25 +45,53 @@ def _tcp_open(host: str, port: int, timeout: float = 2.0) -> bool:
 
 
 @pytest.fixture(scope="session")
-def mqtt_broker() -> tuple[str, int]:
-    """(host, port) of the real Mosquitto broker; fails loudly when it is down."""
-    if not _tcp_open(MQTT_HOST, MQTT_PORT):
-        pytest.fail(
-            f"Mosquitto is not listening on {MQTT_HOST}:{MQTT_PORT}; "
-            "start it with: mosquitto -d -c /etc/mosquitto/mosquitto.conf"
-        )
-    return MQTT_HOST, MQTT_PORT
+def private_mosquitto(request: pytest.FixtureRequest) -> Iterator[Mosquitto | None]:
+    """The test run's own Mosquitto; None when an external broker is configured."""
+    if external_broker(os.environ) is not None:
+        yield None
+        return
+    with running(Mosquitto, request) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """SQLAlchemy URL of the real PostgreSQL test database; fails loudly when it is down."""
-    if not _tcp_open("127.0.0.1", 5432):
+def private_postgres(request: pytest.FixtureRequest) -> Iterator[PostgreSQL | None]:
+    """The test run's own PostgreSQL; None when an external database is configured."""
+    if external_postgres_url(os.environ) is not None:
+        yield None
+        return
+    with running(lambda: PostgreSQL(dbname="test"), request) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(private_mosquitto: Mosquitto | None) -> tuple[str, int]:
+    """(host, port) of the Mosquitto broker the tests use: the run's own unless one is configured."""
+    if private_mosquitto is not None:
+        return private_mosquitto.host, private_mosquitto.port
+    external = external_broker(os.environ)
+    assert external is not None
+    if not _tcp_open(*external):
         pytest.fail(
-            "PostgreSQL is not listening on 127.0.0.1:5432; start it with: "
-            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+            f"no MQTT broker listens on {external[0]}:{external[1]}, named by {MQTT_HOST_ENV}/{MQTT_PORT_ENV}"
         )
-    return PG_URL
+    return external
+
+
+@pytest.fixture(scope="session")
+def postgres_url(private_postgres: PostgreSQL | None) -> str:
+    """SQLAlchemy URL of the PostgreSQL test database: the run's own unless one is configured."""
+    if private_postgres is not None:
+        return private_postgres.url
+    from sqlalchemy.engine import make_url
+
+    url = external_postgres_url(os.environ)
+    assert url is not None
+    parsed = make_url(url)
+    host, port = parsed.host or "127.0.0.1", parsed.port or 5432
+    if not _tcp_open(host, port):
+        pytest.fail(f"no PostgreSQL listens on {host}:{port}, named by {PG_URL_ENV}")
+    return url
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""Assignments: decide what a device should run and publish it as its desired state.
+"""Assignments: decide which model version (and variant) a device should run, and publish it.
 
 The database is written first and the broker second. A publish that fails leaves the
 stored state to be republished on the next (re)connect; the reverse order could
-hand a device a state the hub then forgets.
+hand a device a state the hub then forgets. The desired state itself, model and firmware
+parts together, is composed by ``cloud.services.desired``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Mapping, Sequence
 
 from sqlmodel import Session, col, select
 
-from cloud.clock import Clock, to_ms, utcnow
-from cloud.errors import DeliveryError, InvalidInputError, NotFoundError, PublishError, UnknownDevicesError
-from cloud.models import Bundle, DesiredState, Device, ModelVariant, ModelVersion
+from cloud.clock import Clock, utcnow
+from cloud.errors import InvalidInputError, NotFoundError, UnknownDevicesError
+from cloud.models import DesiredState, Device, ModelVariant
+from cloud.services import desired
 from cloud.services.devices import labels_match
 from cloud.services.publisher import DesiredPublisher
 from cloud.services.registry import get_model
@@ -22,46 +24,8 @@ from cloud.services.rollbacks import RefusedDevice, exclude_refused
 from cloud.services.signing import Signing
 from cloud.services.variants import VariantOption, choose_for_devices
 from edgefleet_proto.topics import TopicError, validate_id
-from edgefleet_proto.v1 import common_pb2, desired_pb2
 
 log = logging.getLogger(__name__)
-
-
-def build_desired(
-    row: DesiredState,
-    model: ModelVersion,
-    *,
-    fleet: str,
-    artifact_endpoint: str,
-    variant: ModelVariant | None = None,
-    bundle: Bundle | None = None,
-) -> desired_pb2.DesiredState:
-    """The wire form of a stored desired state: the chosen variant's artifact, and the bundle's profile."""
-    ref = common_pb2.ModelRef(
-        name=model.name,
-        version=model.version,
-        format=variant.format if variant else model.format,
-        sha256=variant.sha256 if variant else model.sha256,
-        length=variant.length if variant else model.length,
-        variant=variant.variant if variant else "",
-        precision=variant.precision if variant else "",
-    )
-    if bundle is not None:
-        ref.profile.CopyFrom(
-            common_pb2.ArtifactRef(
-                sha256=bundle.profile_sha256,
-                length=bundle.profile_length,
-                media_type=bundle.profile_media_type,
-            )
-        )
-    return desired_pb2.DesiredState(
-        device_id=row.device_id,
-        fleet=fleet,
-        generation=row.generation,
-        issued_at_ms=to_ms(row.issued_at),
-        model=ref,
-        artifact_endpoint=artifact_endpoint,
-    )
 
 
 def _variant_options(session: Session, model_version_id: int) -> list[VariantOption]:
@@ -147,12 +111,6 @@ def assign(
     chosen = choose_for_devices(
         _variant_options(session, model.id), [(d.id, d.capabilities, d.labels) for d in devices]
     )
-    # Read now, inside the transaction that commits below: a read after it would open another one,
-    # which on SQLite takes the write lock while the signing step below may need it.
-    bundle = session.get(Bundle, model.id)
-    variants = {
-        v.id: v for v in session.exec(select(ModelVariant).where(ModelVariant.model_version_id == model.id))
-    }
     now = clock()
     rows: list[DesiredState] = []
     for device in devices:
@@ -171,73 +129,20 @@ def assign(
         row.issued_at = now
         session.add(row)
         rows.append(row)
+    session.flush()
+    # Composed with the device's firmware part, so a model assignment keeps its firmware.
+    states = desired.compose(session, devices, fleet=fleet, artifact_endpoint=artifact_endpoint)
     session.commit()
     log.info("assigned %s %s to %d device(s)", model.name, model.version, len(rows))
-
-    failed: list[str] = []
-    reason = ""
-    # Signed first, and the director's counters committed before anything is published: a
-    # counter a device has seen must never be handed out again.
-    payloads = [
-        (
-            row.device_id,
-            _wire(
-                session,
-                build_desired(
-                    row,
-                    model,
-                    fleet=fleet,
-                    artifact_endpoint=artifact_endpoint,
-                    variant=variants.get(row.variant_id),
-                    bundle=bundle,
-                ),
-                signing,
-            ),
-        )
-        for row in rows
-    ]
+    # Signed first, and the director's counters committed before anything is published.
+    payloads = desired.seal(session, states, signing)
     session.commit()
-    for device_id, payload in payloads:
-        try:
-            publisher.publish_desired(device_id, payload)
-        except PublishError as e:
-            failed.append(device_id)
-            reason = str(e)
-    if failed:
-        raise DeliveryError(failed, reason)
+    desired.publish(publisher, payloads)
     return rows
-
-
-def _wire(session: Session, desired: desired_pb2.DesiredState, signing: Signing | None) -> bytes:
-    """What the desired topic carries: the director's signed envelope (bare bytes without signing)."""
-    if signing is None:
-        return desired.SerializeToString(deterministic=True)
-    return signing.seal(session, desired)
 
 
 def desired_payloads(
     session: Session, *, fleet: str, artifact_endpoint: str, signing: Signing | None = None
 ) -> list[tuple[str, bytes]]:
     """Every stored desired state of a fleet, serialised: what a reconnecting hub republishes."""
-    rows = session.exec(
-        select(DesiredState, ModelVersion, ModelVariant, Bundle)
-        .join(ModelVersion, col(DesiredState.model_version_id) == col(ModelVersion.id))
-        .join(Device, col(DesiredState.device_id) == col(Device.id))
-        .outerjoin(ModelVariant, col(DesiredState.variant_id) == col(ModelVariant.id))
-        .outerjoin(Bundle, col(Bundle.model_version_id) == col(ModelVersion.id))
-        .where(Device.fleet == fleet)
-        .order_by(col(DesiredState.device_id))
-    ).all()
-    payloads = [
-        (
-            d.device_id,
-            _wire(
-                session,
-                build_desired(d, m, fleet=fleet, artifact_endpoint=artifact_endpoint, variant=v, bundle=b),
-                signing,
-            ),
-        )
-        for d, m, v, b in rows
-    ]
-    session.commit()
-    return payloads
+    return desired.fleet_payloads(session, fleet=fleet, artifact_endpoint=artifact_endpoint, signing=signing)

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from cloud.clock import from_ms
 from cloud.errors import InvalidInputError, NotFoundError
 from cloud.models import (
     DesiredState,
@@ -25,14 +26,16 @@ from cloud.schemas import (
     DevicePublic,
     ModelRefPublic,
     TelemetryWindowPublic,
+    TrialPublic,
 )
-from edgefleet_proto.v1 import device_pb2
+from edgefleet_proto.v1 import common_pb2, device_pb2
 
 _STATES = {
     device_pb2.DEVICE_STATE_ONLINE: DeviceState.ONLINE,
     device_pb2.DEVICE_STATE_OFFLINE: DeviceState.OFFLINE,
 }
 RECENT_EVENTS = 20
+_MAX_INT64 = 2**63 - 1
 
 
 def status_state(status: device_pb2.DeviceStatus) -> DeviceState:
@@ -59,6 +62,50 @@ def _capabilities(caps: device_pb2.Capabilities) -> dict[str, Any]:
     }
 
 
+_MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
+
+
+def _checked_ms(what: str, ms: int) -> int:
+    if not 0 <= ms <= _MAX_TIME_MS:
+        raise InvalidInputError(
+            f"{what} {ms} is out of range: expected Unix milliseconds in 0..{_MAX_TIME_MS}"
+        )
+    return ms
+
+
+def check_status(status: device_pb2.DeviceStatus) -> DeviceState:
+    """The reported state, once the fields the hub stores are in range; InvalidInputError otherwise."""
+    state = status_state(status)
+    if status.HasField("trial"):
+        _checked_ms("trial.started_at_ms", status.trial.started_at_ms)
+        _checked_ms("trial.window_ends_at_ms", status.trial.window_ends_at_ms)
+    return state
+
+
+def _model_fields(ref: common_pb2.ModelRef) -> dict[str, str]:
+    return {
+        "name": ref.name,
+        "version": ref.version,
+        "sha256": ref.sha256,
+        "variant": ref.variant,
+        "precision": ref.precision,
+    }
+
+
+def _trial(status: device_pb2.DeviceStatus) -> dict[str, Any] | None:
+    if not status.HasField("trial"):
+        return None
+    t = status.trial
+    return {
+        "model": _model_fields(t.model),
+        "mode": t.mode,
+        "requests": t.requests,
+        "window_requests": t.window_requests,
+        "started_at_ms": t.started_at_ms,
+        "window_ends_at_ms": t.window_ends_at_ms,
+    }
+
+
 def apply_status(
     session: Session,
     fleet: str,
@@ -71,10 +118,11 @@ def apply_status(
 
     ``seen_at`` is when the device was last known alive: the receive time for a live message,
     the send time for a retained one replayed by the broker, None when unknown.
-    A death message (offline) changes only the state: it was composed when the device
-    connected, so its other fields may be older than what the hub already knows.
+    A death message (offline) changes only the state and ends the trial view: it was composed when
+    the device connected (or, after a crash, carries no slots at all), so its other fields may be
+    older than what the hub already knows. The last known models stay shown.
     """
-    state = status_state(status)
+    state = check_status(status)
     device = session.get(Device, status.device_id)
     is_new = device is None
     if device is None:
@@ -87,6 +135,8 @@ def apply_status(
     if status.health:
         device.health = status.health
     if state is DeviceState.OFFLINE and not is_new:
+        # A device that is gone runs no trial; it reports the trial again when it resumes it.
+        device.trial = None
         return device
     device.agent_version = status.agent_version
     device.capabilities = _capabilities(status.capabilities)
@@ -97,9 +147,20 @@ def apply_status(
     device.active_model_name = active.name if active else None
     device.active_model_version = active.version if active else None
     device.active_model_sha256 = active.sha256 if active else None
+    device.active_model_variant = active.variant[:32] if active else ""
+    device.active_model_precision = active.precision[:8] if active else ""
     device.previous_model_name = previous.name if previous else None
     device.previous_model_version = previous.version if previous else None
     device.previous_model_sha256 = previous.sha256 if previous else None
+    device.previous_model_variant = previous.variant[:32] if previous else ""
+    device.previous_model_precision = previous.precision[:8] if previous else ""
+    device.trial = _trial(status)
+    device.hardware_id = status.hardware_id[:64]
+    device.firmware_version = status.firmware_version[:64]
+    device.firmware_slot = status.firmware_slot[:8]
+    device.trusted_root_version = min(status.trusted_root_version, _MAX_INT64)
+    device.queued_messages = min(status.queued_messages, _MAX_INT64)
+    device.dropped_messages = min(status.dropped_messages, _MAX_INT64)
     return device
 
 
@@ -124,10 +185,28 @@ class _Desired:
     variant: ModelVariant | None = None  # the artifact the device was told to run, when chosen per device
 
 
-def _ref(name: str | None, version: str | None, sha256: str | None) -> ModelRefPublic | None:
+def _ref(
+    name: str | None, version: str | None, sha256: str | None, variant: str = "", precision: str = ""
+) -> ModelRefPublic | None:
     if not name or not sha256:
         return None
-    return ModelRefPublic(name=name, version=version or "", sha256=sha256)
+    return ModelRefPublic(
+        name=name, version=version or "", sha256=sha256, variant=variant, precision=precision
+    )
+
+
+def _trial_public(trial: Mapping[str, Any] | None) -> TrialPublic | None:
+    if not trial:
+        return None
+    ends = int(trial.get("window_ends_at_ms", 0))
+    return TrialPublic(
+        model=ModelRefPublic(**trial["model"]),
+        mode=str(trial.get("mode", "")),
+        requests=int(trial.get("requests", 0)),
+        window_requests=int(trial.get("window_requests", 0)),
+        started_at=from_ms(int(trial.get("started_at_ms", 0))),
+        window_ends_at=from_ms(ends) if ends else None,
+    )
 
 
 def _desired_for(session: Session, device_ids: Sequence[str]) -> dict[str, _Desired]:
@@ -143,8 +222,26 @@ def _desired_for(session: Session, device_ids: Sequence[str]) -> dict[str, _Desi
 
 
 def _public(device: Device, desired: _Desired | None) -> DevicePublic:
-    active = _ref(device.active_model_name, device.active_model_version, device.active_model_sha256)
+    active = _ref(
+        device.active_model_name,
+        device.active_model_version,
+        device.active_model_sha256,
+        device.active_model_variant,
+        device.active_model_precision,
+    )
     wanted = _desired_ref(desired) if desired else None
+    trial = _trial_public(device.trial)
+    # Committed, not merely serving: during a trial the active slot may already hold the desired
+    # model (serve mode) although the device can still roll it back.
+    if wanted is None or desired is None:
+        in_sync = trial is None
+    else:
+        in_sync = (
+            active is not None
+            and active.sha256 == wanted.sha256
+            and device.applied_generation >= desired.generation
+            and trial is None
+        )
     return DevicePublic(
         id=device.id,
         fleet=device.fleet,
@@ -155,12 +252,23 @@ def _public(device: Device, desired: _Desired | None) -> DevicePublic:
         labels=device.labels,
         active_model=active,
         previous_model=_ref(
-            device.previous_model_name, device.previous_model_version, device.previous_model_sha256
+            device.previous_model_name,
+            device.previous_model_version,
+            device.previous_model_sha256,
+            device.previous_model_variant,
+            device.previous_model_precision,
         ),
         desired_model=wanted,
         desired_generation=desired.generation if desired else None,
         applied_generation=device.applied_generation,
-        in_sync=wanted is None or (active is not None and active.sha256 == wanted.sha256),
+        trial=trial,
+        in_sync=in_sync,
+        hardware_id=device.hardware_id,
+        firmware_version=device.firmware_version,
+        firmware_slot=device.firmware_slot,
+        trusted_root_version=device.trusted_root_version,
+        queued_messages=device.queued_messages,
+        dropped_messages=device.dropped_messages,
         first_seen=device.first_seen,
         last_seen=device.last_seen,
     )

@@ -11,7 +11,8 @@ fills in what lets a device refuse a forgery, a replay or a stale instruction:
 - ``model_target`` (and ``profile_target``): the TUF target paths of the model (and of its
   data profile), whose length and sha256 a device compares with the signed repository
   metadata (a mismatch is refused);
-- ``firmware``: the device's desired firmware image, when one is assigned.
+- ``firmware``: the device's desired firmware image, when one is assigned (composed, with the
+  model part, by ``cloud.services.desired``: the director signs what it is given).
 
 The director keys are listed in the repository's root, so rotating them is a root
 version like any other key rotation (``fleet keys rotate director``).
@@ -29,11 +30,11 @@ from sqlmodel import Session, col, select
 
 from cloud.clock import Clock, to_ms, utcnow
 from cloud.errors import NotFoundError
-from cloud.models import DesiredFirmware, FirmwareImage, SignedDesired
+from cloud.models import SignedDesired
 from cloud.tuf.metadata import TargetSpec
 from cloud.tuf.repository import TufRepository
 from cloud.tuf.sync import sync_targets
-from edgefleet_proto.v1 import common_pb2, desired_pb2
+from edgefleet_proto.v1 import desired_pb2
 
 __all__ = ["Director", "open_envelope"]
 
@@ -123,7 +124,7 @@ class Director:
         return target
 
     def _resolve(self, session: Session, desired: desired_pb2.DesiredState) -> None:
-        """Pin the model's TUF target and add the device's desired firmware."""
+        """Pin the model's (and its profile's) TUF target; the firmware part comes composed."""
         if desired.HasField("model") and desired.model.sha256:
             target = self._target(session, desired.model.sha256, None)
             if target is None:
@@ -141,22 +142,6 @@ class Director:
                         "is not a target of the signed repository"
                     )
                 desired.profile_target = target.path
-        firmware = session.exec(
-            select(FirmwareImage)
-            .join(DesiredFirmware, col(DesiredFirmware.firmware_image_id) == col(FirmwareImage.id))
-            .where(DesiredFirmware.device_id == desired.device_id)
-        ).first()
-        if firmware is not None:
-            desired.firmware.CopyFrom(
-                common_pb2.FirmwareRef(
-                    name=firmware.name,
-                    version=firmware.version,
-                    hardware_id=firmware.hardware_id,
-                    target=firmware.target_path,
-                    sha256=firmware.sha256,
-                    length=firmware.length,
-                )
-            )
 
     def resign(
         self, session: Session, device_ids: Iterable[str] | None = None, *, force: bool = False

@@ -5,6 +5,11 @@ and published as a TUF target whose custom fields repeat its manifest, so a devi
 compare the manifest it reads with what the targets role signed. Registering a full
 image also makes a delta from the newest older image of the same name and hardware
 (the smaller of bsdiff4 and zstd, see ``firmware_images.delta``) when that pays off.
+
+Assigning an image changes only the firmware part of each device's desired state; the whole
+state is composed by ``cloud.services.desired``, so the model part (variant, artifact,
+generation) stays exactly as it was. An image for other hardware than a chosen device reports
+is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -16,19 +21,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from cloud.artifacts import ArtifactInfo, ArtifactStore
-from cloud.clock import Clock, to_ms, utcnow
-from cloud.errors import ConflictError, DeliveryError, InvalidArtifactError, NotFoundError, PublishError
-from cloud.models import DesiredFirmware, DesiredState, Device, FirmwareImage, ModelVersion
+from cloud.clock import Clock, utcnow
+from cloud.errors import ConflictError, InvalidArtifactError, NotFoundError
+from cloud.models import DesiredFirmware, Device, FirmwareImage
+from cloud.services import desired
 from cloud.services.devices import labels_match
 from cloud.services.publisher import DesiredPublisher
 from cloud.services.signing import Signing
 from cloud.tuf.metadata import TargetSpec
 from cloud.tuf.sync import firmware_target_path
-from edgefleet_proto.v1 import common_pb2, desired_pb2
 from firmware_images.build import Bundle, build_delta, load_bundle
 from firmware_images.format import BundleError, BundleKind, Manifest, compare_versions
 
-__all__ = ["assign_firmware", "list_firmware", "register_bundle"]
+__all__ = ["HardwareMismatchError", "assign_firmware", "list_firmware", "register_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -158,38 +163,46 @@ def _full_image(session: Session, name: str, version: str, hardware_id: str | No
     return rows[0]
 
 
-def _desired_for(
-    session: Session, device: Device, fleet: str, artifact_endpoint: str, clock: Clock
-) -> desired_pb2.DesiredState:
-    row = session.get(DesiredState, device.id)
-    if row is None:
-        # No model assigned: a desired state that keeps the model and only names firmware.
-        return desired_pb2.DesiredState(
-            device_id=device.id,
-            fleet=fleet,
-            generation=max(1, device.applied_generation),
-            issued_at_ms=to_ms(clock()),
-            artifact_endpoint=artifact_endpoint,
+class HardwareMismatchError(ConflictError):
+    """A firmware image assigned to devices of other hardware; nothing was assigned."""
+
+    def __init__(self, image: FirmwareImage, mismatched: Mapping[str, str]) -> None:
+        self.mismatched = dict(sorted(mismatched.items()))
+        shown = "; ".join(
+            f"device {d} is {hw!r}" if hw else f"device {d} reports no hardware id (it takes no firmware)"
+            for d, hw in list(self.mismatched.items())[:10]
         )
-    model = session.get(ModelVersion, row.model_version_id)
-    desired = desired_pb2.DesiredState(
-        device_id=device.id,
-        fleet=fleet,
-        generation=row.generation,
-        issued_at_ms=to_ms(row.issued_at),
-        artifact_endpoint=artifact_endpoint,
-    )
-    if model is not None:
-        desired.model.CopyFrom(
-            common_pb2.ModelRef(
-                name=model.name,
-                version=model.version,
-                format=model.format,
-                sha256=model.sha256,
-                length=model.length,
-            )
+        more = f" (and {len(self.mismatched) - 10} more)" if len(self.mismatched) > 10 else ""
+        super().__init__(
+            f"image {image.name} {image.version} is for hardware {image.hardware_id!r}; {shown}{more}; "
+            "nothing was assigned"
         )
-    return desired
+
+
+def _check_hardware(image: FirmwareImage, devices: Sequence[Device]) -> None:
+    # Refused here rather than by each device: an image flashed onto the wrong board bricks it, and
+    # a request that half succeeds (matching devices only) is easy to misread as done.
+    mismatched = {d.id: d.hardware_id for d in devices if d.hardware_id != image.hardware_id}
+    if mismatched:
+        raise HardwareMismatchError(image, mismatched)
+
+
+def _chosen_devices(
+    session: Session, fleet: str, device_ids: Sequence[str] | None, selector: Mapping[str, str] | None
+) -> list[Device]:
+    query = select(Device).where(Device.fleet == fleet).order_by(col(Device.id))
+    devices = list(session.exec(query).all())
+    if device_ids is not None:
+        wanted = set(device_ids)
+        devices = [d for d in devices if d.id in wanted]
+        missing = wanted - {d.id for d in devices}
+        if missing:
+            raise NotFoundError(f"unknown devices: {', '.join(sorted(missing))}")
+    elif selector:
+        devices = [d for d in devices if labels_match(d.labels, selector)]
+    if not devices:
+        raise NotFoundError(f"no device in fleet {fleet!r} matches")
+    return devices
 
 
 def assign_firmware(
@@ -206,41 +219,27 @@ def assign_firmware(
     artifact_endpoint: str,
     clock: Clock = utcnow,
 ) -> list[str]:
-    """Make ``name`` ``version`` the desired firmware of the chosen devices; sign and publish."""
+    """Make ``name`` ``version`` the desired firmware of the chosen devices; sign and publish.
+
+    The model part of each device's desired state stays as it is (same variant, same generation).
+    Raises HardwareMismatchError, assigning nothing, when any chosen device is other hardware.
+    """
     image = _full_image(session, name, version, hardware_id)
-    query = select(Device).where(Device.fleet == fleet).order_by(col(Device.id))
-    devices = list(session.exec(query).all())
-    if device_ids is not None:
-        wanted = set(device_ids)
-        devices = [d for d in devices if d.id in wanted]
-        missing = wanted - {d.id for d in devices}
-        if missing:
-            raise NotFoundError(f"unknown devices: {', '.join(sorted(missing))}")
-    elif selector:
-        devices = [d for d in devices if labels_match(d.labels, selector)]
-    if not devices:
-        raise NotFoundError(f"no device in fleet {fleet!r} matches")
+    devices = _chosen_devices(session, fleet, device_ids, selector)
+    _check_hardware(image, devices)
+    assert image.id is not None
     now = clock()
-    envelopes: list[tuple[str, bytes]] = []
     for device in devices:
         row = session.get(DesiredFirmware, device.id)
         if row is None:
-            row = DesiredFirmware(device_id=device.id, firmware_image_id=0, issued_at=now)
-        assert image.id is not None
+            row = DesiredFirmware(device_id=device.id, firmware_image_id=image.id, issued_at=now)
         row.firmware_image_id, row.issued_at = image.id, now
         session.add(row)
-        session.flush()
-        desired = _desired_for(session, device, fleet, artifact_endpoint, clock)
-        envelopes.append((device.id, signing.seal(session, desired)))
+    session.flush()
+    states = desired.compose(session, devices, fleet=fleet, artifact_endpoint=artifact_endpoint)
     session.commit()
-    failed, reason = [], ""
-    for device_id, envelope in envelopes:
-        try:
-            publisher.publish_desired(device_id, envelope)
-        except PublishError as e:
-            failed.append(device_id)
-            reason = str(e)
-    if failed:
-        raise DeliveryError(failed, reason)
-    log.info("assigned firmware %s %s to %d device(s)", name, version, len(envelopes))
-    return [d for d, _ in envelopes]
+    payloads = desired.seal(session, states, signing)
+    session.commit()
+    desired.publish(publisher, payloads)
+    log.info("assigned firmware %s %s to %d device(s)", name, version, len(payloads))
+    return [d for d, _ in payloads]

@@ -9,6 +9,7 @@ rows. Duplicates from QoS 1 redelivery are dropped by the ``(device_id, seq)`` k
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -131,7 +132,7 @@ class Ingestor:
                     raise RejectedError(
                         f"status names fleet {status.fleet!r}, expected {self._topics.fleet!r}"
                     )
-                devices.status_state(status)
+                devices.check_status(status)
                 _check_int64("applied_generation", status.applied_generation)
                 return _Decoded(device_id, channel, status, msg.retained)
             if channel is Channel.TELEMETRY:
@@ -259,6 +260,19 @@ def event_kind(kind: int) -> str:
         return f"unknown_{kind}"
 
 
+def event_details(e: event_pb2.Event) -> dict[str, Any]:
+    """The event's details with their types: ``data`` over the text map older agents send alone."""
+    details: dict[str, Any] = dict(e.details)
+    for key, value in e.data.items():
+        kind = value.WhichOneof("kind")
+        if kind is None:
+            continue  # a value kind newer than this hub: keep the text copy, if any
+        typed = getattr(value, kind)
+        # JSON (and PostgreSQL's json type above all) has no NaN or infinity: keep those as text.
+        details[key] = typed if not isinstance(typed, float) or math.isfinite(typed) else str(typed)
+    return details
+
+
 def _event_row(device_id: str, e: event_pb2.Event, now: datetime) -> dict[str, Any]:
     return {
         "device_id": device_id,
@@ -269,7 +283,7 @@ def _event_row(device_id: str, e: event_pb2.Event, now: datetime) -> dict[str, A
         "model_version": e.model.version,
         "model_sha256": e.model.sha256,
         "reason": e.reason,
-        "details": dict(e.details),
+        "details": event_details(e),
         "generation": min(e.generation, _MAX_INT64),
         "received_at": now,
     }

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from edge_agent.details import DetailValue
 from edge_agent.errors import AgentError, DownloadError, StateFileError, StoreError, VerifyError
 from edge_agent.firmware.bootctl import DEFAULT_BOOTLIMIT, BootControl, BootControlFile, SlotImage, SlotName
 from edge_agent.firmware.machine import FirmwareEvent, FirmwareMachine, FirmwareState
@@ -52,7 +53,7 @@ class FirmwareReporter(Protocol):
         kind: event_pb2.EventKind.ValueType,
         reason: str = "",
         *,
-        details: Mapping[str, str] | None = None,
+        details: Mapping[str, DetailValue] | None = None,
     ) -> None: ...
 
 
@@ -166,7 +167,7 @@ class FirmwareManager:
         self._report(
             K.EVENT_KIND_FIRMWARE_BOOTED,
             f"booted firmware {version} on slot {control.active} on trial ({count} of {control.bootlimit})",
-            details={"slot": control.active, "version": version, "boot_count": str(count)},
+            details={"slot": control.active, "version": version, "boot_count": count},
         )
         return S.TRIAL
 

@@ -303,9 +303,12 @@ def summary(outcome: Outcome) -> dict[str, object]:
     }
 
 
-if __name__ == "__main__":  # a quick manual run: python -m tests.fault.kill9 RUNS
+if __name__ == "__main__":  # a quick manual run, on a broker of its own: python -m tests.fault.kill9 RUNS
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="k9-", dir="/tmp") as tmp:
-        result = run_harness(Path(tmp), ("127.0.0.1", 1883), f"k9-{os.getpid()}", runs=int(sys.argv[1]))
+    from tests._services import Mosquitto
+
+    with tempfile.TemporaryDirectory(prefix="k9-", dir="/tmp") as tmp, Mosquitto() as broker:
+        address = (broker.host, broker.port)
+        result = run_harness(Path(tmp), address, f"k9-{os.getpid()}", runs=int(sys.argv[1]))
         print(json.dumps(summary(result), indent=2))

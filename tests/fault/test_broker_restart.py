@@ -1,9 +1,9 @@
 """The broker stops and starts again in the middle of a telemetry stream: nothing acknowledged is lost.
 
-A private Mosquitto (its own port, persistence on, so that the hub's session survives the
-restart as it would on a production broker) runs for this test. The agent streams a
-telemetry window every 50 ms into its on-disk queue; the hub stand-in is a persistent
-QoS 1 session. The test counts end to end: none was dropped, every window the broker
+A Mosquitto of this test's own (tests/_services: its own port, persistence on, so that the
+hub's session survives the restart as it would on a production broker) runs for this test.
+The agent streams a telemetry window every 50 ms into its on-disk queue; the hub stand-in
+is a persistent QoS 1 session. The test counts end to end: none was dropped, every window the broker
 acknowledged reached the subscriber, and the rest (at most the last one or two, if the
 clean stop could not flush them) are still in the queue on disk.
 """
@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
 import sqlite3
-import subprocess
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -33,25 +29,10 @@ from edge_agent.outbox import OutMessage
 from edge_agent.trust.config import TrustConfig
 from edgefleet_proto.topics import DeviceTopics
 from edgefleet_proto.v1 import desired_pb2, telemetry_pb2
+from tests._services import Mosquitto, running
 from tests.unit.agent.fakes import NO_TRIAL, FakeFetcher, linear_model, ref_for
 
 pytestmark = pytest.mark.integration
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)  # polling state kept by other threads and processes
 
 
 def queued_seqs(path: Path | None, topic: str) -> set[int]:
@@ -60,41 +41,6 @@ def queued_seqs(path: Path | None, topic: str) -> set[int]:
     with contextlib.closing(sqlite3.connect(path)) as db:
         rows = db.execute("SELECT payload FROM outbox WHERE topic = ?", (topic,)).fetchall()
     return {w.seq for (payload,) in rows for w in telemetry_pb2.TelemetryBatch.FromString(payload).windows}
-
-
-class Broker:
-    """A private Mosquitto with persistence, stopped and started on demand."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        self.conf = root / "mosquitto.conf"
-        # Started as root, mosquitto drops to its own user: its database folder must be writable to it,
-        # and every folder above it searchable, or it cannot save its sessions on SIGTERM (silently) and
-        # the hub's persistent session would not survive the restart.
-        root.chmod(root.stat().st_mode | 0o011)
-        store = root / "mosquitto-db"
-        store.mkdir()
-        store.chmod(0o777)
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {store}/\nmax_queued_messages 100000\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stderr=subprocess.DEVNULL)
-        until(self._listening, 10, f"mosquitto on port {self.port}")
-
-    def _listening(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-            return True
-        return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto saves its sessions, then exits
-            self.proc.wait(10)
-        self.proc = None
 
 
 class Subscriber:
@@ -142,20 +88,18 @@ class Subscriber:
 
 
 @pytest.fixture
-def broker(short_tmp: Path) -> Iterator[Broker]:
-    b = Broker(short_tmp)
-    b.start()
-    try:
+def broker(request: pytest.FixtureRequest) -> Iterator[Mosquitto]:
+    with running(lambda: Mosquitto(persistence=True), request) as b:
         yield b
-    finally:
-        b.stop()
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
-def test_no_acknowledged_telemetry_is_lost_across_a_broker_restart(broker: Broker, short_tmp: Path) -> None:
+def test_no_acknowledged_telemetry_is_lost_across_a_broker_restart(
+    broker: Mosquitto, short_tmp: Path
+) -> None:
     model = linear_model(1.0)
     fetcher = FakeFetcher()
     fetcher.add(model)

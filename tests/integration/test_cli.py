@@ -50,7 +50,7 @@ def test_models_push_ls_devices_and_assign(
     assert (pushed["name"], pushed["version"], pushed["length"]) == ("tiny", "1", model.stat().st_size)
 
     code, out = fleet(hub, "models", "push", str(model), "--name", "tiny", "--version", "1")
-    assert code == 1
+    assert code == 4  # refused: a conflict
     assert "409" in out and "already" in out
 
     code, out = fleet(hub, "models", "ls", "-o", "json")
@@ -71,7 +71,7 @@ def test_models_push_ls_devices_and_assign(
         assert code == 0, out
         assert json.loads(out)["assigned"] == [{"device_id": "cli-dev-1", "generation": 1}]
 
-        code, out = fleet(hub, "devices", "show", "cli-dev-1")
+        code, out = fleet(hub, "devices", "show", "cli-dev-1", "-o", "json")
         assert code == 0
         shown = json.loads(out)
         assert shown["desired_model"]["version"] == "1"
@@ -83,25 +83,25 @@ def test_models_push_ls_devices_and_assign(
 
 def test_errors_are_clear(hub: Hub, tmp_path: Path) -> None:
     code, out = fleet(hub, "assign", "--model", "tiny", "--version", "1", "-d", "nope")
-    assert code == 1
+    assert code == 3  # not found
     assert "404" in out
 
     code, out = fleet(hub, "assign", "--model", "tiny", "--version", "1")
-    assert code == 1
+    assert code == 2  # usage
     assert "give --device" in out
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
     code, out = fleet(hub, "models", "push", str(bad), "--name", "bad", "--version", "1")
-    assert code == 1
+    assert code == 4  # refused: not a loadable model
     assert "ONNX" in out or "onnx" in out
 
     result = runner.invoke(app, ["models", "ls", "--hub-url", hub.api_url, "--token", "wrong"])
-    assert result.exit_code == 1
+    assert result.exit_code == 5  # not authorised
     assert "401" in result.output
 
     result = runner.invoke(app, ["models", "ls", "--hub-url", "http://127.0.0.1:9", "--token", "x"])
-    assert result.exit_code == 1
+    assert result.exit_code == 6  # unreachable
     assert "cannot reach the hub" in result.output
 
 

@@ -93,4 +93,4 @@ def test_train_optimize_and_query_lineage(hub: Hub, tmp_path: Path) -> None:
     assert code == 0 and "int8-dynamic" in out and "(baseline)" in out
 
     code, out, err = fleet(hub, "experiments", "show", "0123456789ab")
-    assert code == 1 and "404" in err
+    assert code == 3 and "404" in err

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, status
 
 from cloud.api.bundle_upload import FILE_FIELD, MANIFEST_FIELD, ReceivedBundle, receive_bundle_upload
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from cloud.api.routes.models import resolve_version
 from cloud.context import HubContext
 from cloud.schemas import BundlePublic
 from cloud.services import bundles, registry
@@ -75,7 +76,12 @@ def _discard(ctx: HubContext, sha256: str) -> None:
             ctx.store.delete(sha256)
 
 
-@router.get("/models/{name}/{version}/bundle")
+@router.get(
+    "/models/{name}/{version}/bundle", responses={409: {"description": "the version prefix is ambiguous"}}
+)
 def get_bundle(name: str, version: str, session: SessionDep, _token: ViewerDep) -> BundlePublic:
-    """A version's variants (a pushed file has one), the ones its gates kept out, its profile, its lineage."""
-    return bundles.get_bundle(session, name, version)
+    """A version's variants (a pushed file has one), the ones its gates kept out, its profile, its lineage.
+
+    ``version`` may be a unique prefix of the version.
+    """
+    return bundles.get_bundle(session, name, resolve_version(session, name, version).version)

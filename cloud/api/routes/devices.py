@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlmodel import col
 
 from cloud.api.deps import ContextDep, SessionDep, ViewerDep
-from cloud.errors import NotFoundError
-from cloud.models import DeviceState
+from cloud.models import Device, DeviceState
 from cloud.schemas import (
     DeviceDetailPublic,
     DeviceEventPublic,
@@ -17,7 +17,7 @@ from cloud.schemas import (
     TelemetryWindowPublic,
     TelemetryWindowsPublic,
 )
-from cloud.services import devices
+from cloud.services import devices, lookup
 from cloud.validation import parse_label_selector
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -47,23 +47,31 @@ def list_devices(
     return DevicesPublic(data=rows, count=len(rows))
 
 
-def _in_fleet(ctx: ContextDep, session: SessionDep, device_id: str) -> None:
-    if devices.get_device(session, device_id).fleet != ctx.settings.fleet:
-        raise NotFoundError(f"device {device_id!r} is not in fleet {ctx.settings.fleet!r}")
+def _in_fleet(ctx: ContextDep, session: SessionDep, device_id: str) -> str:
+    """The id of the device of this fleet that ``device_id`` names in full or as a unique prefix."""
+    fleet = ctx.settings.fleet
+    return lookup.resolve(
+        session,
+        Device,
+        Device.id,
+        device_id,
+        what="device",
+        where=[col(Device.fleet) == fleet],
+        not_found=f"device {device_id!r} is not known in fleet {fleet!r}",
+    ).id
 
 
-@router.get("/{device_id}")
+@router.get("/{device_id}", responses={409: {"description": "the device id prefix is ambiguous"}})
 def get_device(device_id: str, ctx: ContextDep, session: SessionDep, _token: ViewerDep) -> DeviceDetailPublic:
-    _in_fleet(ctx, session, device_id)
-    return devices.device_detail(session, device_id)
+    """One device (its id in full or a unique prefix) with recent events, telemetry and rollbacks."""
+    return devices.device_detail(session, _in_fleet(ctx, session, device_id))
 
 
 @router.get("/{device_id}/events")
 def device_events(
     device_id: str, ctx: ContextDep, session: SessionDep, _token: ViewerDep, limit: Limit = 50
 ) -> DeviceEventsPublic:
-    _in_fleet(ctx, session, device_id)
-    rows = devices.recent_events(session, device_id, limit)
+    rows = devices.recent_events(session, _in_fleet(ctx, session, device_id), limit)
     return DeviceEventsPublic(data=[DeviceEventPublic.model_validate(r) for r in rows], count=len(rows))
 
 
@@ -71,8 +79,7 @@ def device_events(
 def device_telemetry(
     device_id: str, ctx: ContextDep, session: SessionDep, _token: ViewerDep, limit: Limit = 50
 ) -> TelemetryWindowsPublic:
-    _in_fleet(ctx, session, device_id)
-    rows = devices.recent_telemetry(session, device_id, limit)
+    rows = devices.recent_telemetry(session, _in_fleet(ctx, session, device_id), limit)
     return TelemetryWindowsPublic(
         data=[TelemetryWindowPublic.model_validate(r) for r in rows], count=len(rows)
     )

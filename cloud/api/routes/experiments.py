@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
 from cloud.errors import InvalidInputError
+from cloud.models import Experiment
 from cloud.schemas import ExperimentCreate, ExperimentDetailPublic, ExperimentPublic, ExperimentsPublic
-from cloud.services import experiments
+from cloud.services import experiments, lookup
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -40,7 +41,15 @@ def list_experiments(
     return ExperimentsPublic(data=[ExperimentPublic.model_validate(r) for r in rows], count=len(rows))
 
 
-@router.get("/{run_id}")
+@router.get("/{run_id}", responses={409: {"description": "the run id prefix is ambiguous"}})
 def get_experiment(run_id: str, session: SessionDep, _token: ViewerDep) -> ExperimentDetailPublic:
-    """One training run and the model versions registered from it."""
-    return experiments.experiment_detail(session, run_id)
+    """One training run (its id in full or a unique prefix) and the model versions registered from it."""
+    row = lookup.resolve(
+        session,
+        Experiment,
+        Experiment.run_id,
+        run_id,
+        what="experiment",
+        not_found=f"experiment {run_id} is not recorded",
+    )
+    return experiments.experiment_detail(session, row.run_id)

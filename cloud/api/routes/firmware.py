@@ -74,6 +74,16 @@ def assign_firmware(
     signing: SigningDep,
     _token: OperatorDep,
 ) -> FirmwareAssignmentPublic:
+    """Make a registered full image the desired firmware of devices named by id or chosen by labels.
+
+    Each device's desired state keeps its model part as it is (the same variant and artifact, at
+    the same generation); only the firmware part changes, and the whole is signed again.
+
+    The image's hardware id must be the one each chosen device reports. When any device differs
+    (or reports none), the whole request is refused with 409 and the mismatching devices listed,
+    for a selector as for named devices: nothing is assigned, not even to the devices that match,
+    so a request never half succeeds. Narrow the selector (e.g. add a hardware label) and retry.
+    """
     devices = firmware.assign_firmware(
         session,
         signing,

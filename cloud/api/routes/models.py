@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request, status
+from sqlmodel import col
 
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
 from cloud.api.upload import receive_upload
@@ -15,7 +16,7 @@ from cloud.context import HubContext
 from cloud.errors import InvalidInputError
 from cloud.models import ModelVersion
 from cloud.schemas import ModelVersionPublic, ModelVersionsPublic
-from cloud.services import registry
+from cloud.services import lookup, registry
 from cloud.validation import MODEL_NAME_PATTERN, VERSION_PATTERN, check_model_name, check_version
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -119,6 +120,20 @@ def list_models(
     return ModelVersionsPublic(data=[ModelVersionPublic.model_validate(r) for r in rows], count=len(rows))
 
 
-@router.get("/{name}/{version}")
+@router.get("/{name}/{version}", responses={409: {"description": "the version prefix is ambiguous"}})
 def get_model(name: str, version: str, session: SessionDep, _token: ViewerDep) -> ModelVersionPublic:
-    return ModelVersionPublic.model_validate(registry.get_model(session, name, version))
+    """One version, named in full or by a unique prefix of its version."""
+    return ModelVersionPublic.model_validate(resolve_version(session, name, version))
+
+
+def resolve_version(session: SessionDep, name: str, version: str) -> ModelVersion:
+    """The version of model ``name`` that ``version`` names in full or as a unique prefix."""
+    return lookup.resolve(
+        session,
+        ModelVersion,
+        ModelVersion.version,
+        version,
+        what=f"model {name} version",
+        where=[col(ModelVersion.name) == name],
+        not_found=f"model {name} version {version} is not registered",
+    )

@@ -151,6 +151,7 @@ class DeviceStatus(_message.Message):
     FIRMWARE_VERSION_FIELD_NUMBER: _builtins.int
     FIRMWARE_SLOT_FIELD_NUMBER: _builtins.int
     TRUSTED_ROOT_VERSION_FIELD_NUMBER: _builtins.int
+    HARDWARE_ID_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     state: Global___DeviceState.ValueType
@@ -170,6 +171,8 @@ class DeviceStatus(_message.Message):
     """"a" or "b": the firmware slot the device runs; empty without firmware slots."""
     trusted_root_version: _builtins.int
     """Version of the TUF root the device trusts (0: none installed)."""
+    hardware_id: _builtins.str
+    """The board the device is (a firmware image's hardware id must match it); empty: it takes no firmware."""
     @_builtins.property
     def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slot]: ...
     @_builtins.property
@@ -199,10 +202,11 @@ class DeviceStatus(_message.Message):
         firmware_version: _builtins.str = ...,
         firmware_slot: _builtins.str = ...,
         trusted_root_version: _builtins.int = ...,
+        hardware_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "trial", b"trial"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "applied_generation", b"applied_generation", "capabilities", b"capabilities", "device_id", b"device_id", "dropped_messages", b"dropped_messages", "firmware_slot", b"firmware_slot", "firmware_version", b"firmware_version", "fleet", b"fleet", "health", b"health", "labels", b"labels", "queued_messages", b"queued_messages", "sent_at_ms", b"sent_at_ms", "slots", b"slots", "state", b"state", "trial", b"trial", "trusted_root_version", b"trusted_root_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "applied_generation", b"applied_generation", "capabilities", b"capabilities", "device_id", b"device_id", "dropped_messages", b"dropped_messages", "firmware_slot", b"firmware_slot", "firmware_version", b"firmware_version", "fleet", b"fleet", "hardware_id", b"hardware_id", "health", b"health", "labels", b"labels", "queued_messages", b"queued_messages", "sent_at_ms", b"sent_at_ms", "slots", b"slots", "state", b"state", "trial", b"trial", "trusted_root_version", b"trusted_root_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgefleet_proto.v1 import common_pb2 as edgefleet__proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x64gefleet_proto/v1/event.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1f\x65\x64gefleet_proto/v1/common.proto\"\x8b\x02\n\x05\x45vent\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05ts_ms\x18\x03 \x01(\x03\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.edgefleet.v1.EventKind\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x31\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32 .edgefleet.v1.Event.DetailsEntry\x12\x12\n\ngeneration\x18\x08 \x01(\x04\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xfa\x04\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45VENT_KIND_DESIRED_RECEIVED\x10\x01\x12\x1f\n\x1b\x45VENT_KIND_DOWNLOAD_STARTED\x10\x02\x12!\n\x1d\x45VENT_KIND_DOWNLOAD_COMPLETED\x10\x03\x12\x1c\n\x18\x45VENT_KIND_VERIFY_FAILED\x10\x04\x12\x1d\n\x19\x45VENT_KIND_INSTALL_FAILED\x10\x05\x12\x18\n\x14\x45VENT_KIND_ACTIVATED\x10\x06\x12\x1e\n\x1a\x45VENT_KIND_DOWNLOAD_FAILED\x10\x07\x12\x1f\n\x1b\x45VENT_KIND_DESIRED_REJECTED\x10\x08\x12\x1a\n\x16\x45VENT_KIND_ROLLED_BACK\x10\t\x12\x14\n\x10\x45VENT_KIND_ERROR\x10\n\x12\x1c\n\x18\x45VENT_KIND_TRUST_UPDATED\x10(\x12!\n\x1d\x45VENT_KIND_FIRMWARE_INSTALLED\x10)\x12!\n\x1d\x45VENT_KIND_FIRMWARE_REBOOTING\x10*\x12\x1e\n\x1a\x45VENT_KIND_FIRMWARE_BOOTED\x10+\x12!\n\x1d\x45VENT_KIND_FIRMWARE_COMMITTED\x10,\x12#\n\x1f\x45VENT_KIND_FIRMWARE_ROLLED_BACK\x10-\x12\x1e\n\x1a\x45VENT_KIND_FIRMWARE_FAILED\x10.\x12\x1c\n\x18\x45VENT_KIND_TRIAL_STARTED\x10\x0b\x12\x18\n\x14\x45VENT_KIND_COMMITTED\x10\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x64gefleet_proto/v1/event.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1f\x65\x64gefleet_proto/v1/common.proto\"\x80\x03\n\x05\x45vent\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05ts_ms\x18\x03 \x01(\x03\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.edgefleet.v1.EventKind\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x31\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32 .edgefleet.v1.Event.DetailsEntry\x12\x12\n\ngeneration\x18\x08 \x01(\x04\x12+\n\x04\x64\x61ta\x18\t \x03(\x0b\x32\x1d.edgefleet.v1.Event.DataEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x46\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.edgefleet.v1.DetailValue:\x02\x38\x01\"Z\n\x0b\x44\x65tailValue\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x10\n\x06number\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04\x66lag\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind*\xfa\x04\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45VENT_KIND_DESIRED_RECEIVED\x10\x01\x12\x1f\n\x1b\x45VENT_KIND_DOWNLOAD_STARTED\x10\x02\x12!\n\x1d\x45VENT_KIND_DOWNLOAD_COMPLETED\x10\x03\x12\x1c\n\x18\x45VENT_KIND_VERIFY_FAILED\x10\x04\x12\x1d\n\x19\x45VENT_KIND_INSTALL_FAILED\x10\x05\x12\x18\n\x14\x45VENT_KIND_ACTIVATED\x10\x06\x12\x1e\n\x1a\x45VENT_KIND_DOWNLOAD_FAILED\x10\x07\x12\x1f\n\x1b\x45VENT_KIND_DESIRED_REJECTED\x10\x08\x12\x1a\n\x16\x45VENT_KIND_ROLLED_BACK\x10\t\x12\x14\n\x10\x45VENT_KIND_ERROR\x10\n\x12\x1c\n\x18\x45VENT_KIND_TRUST_UPDATED\x10(\x12!\n\x1d\x45VENT_KIND_FIRMWARE_INSTALLED\x10)\x12!\n\x1d\x45VENT_KIND_FIRMWARE_REBOOTING\x10*\x12\x1e\n\x1a\x45VENT_KIND_FIRMWARE_BOOTED\x10+\x12!\n\x1d\x45VENT_KIND_FIRMWARE_COMMITTED\x10,\x12#\n\x1f\x45VENT_KIND_FIRMWARE_ROLLED_BACK\x10-\x12\x1e\n\x1a\x45VENT_KIND_FIRMWARE_FAILED\x10.\x12\x1c\n\x18\x45VENT_KIND_TRIAL_STARTED\x10\x0b\x12\x18\n\x14\x45VENT_KIND_COMMITTED\x10\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT_DETAILSENTRY']._loaded_options = None
   _globals['_EVENT_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTKIND']._serialized_start=352
-  _globals['_EVENTKIND']._serialized_end=986
+  _globals['_EVENT_DATAENTRY']._loaded_options = None
+  _globals['_EVENT_DATAENTRY']._serialized_options = b'8\001'
+  _globals['_EVENTKIND']._serialized_start=561
+  _globals['_EVENTKIND']._serialized_end=1195
   _globals['_EVENT']._serialized_start=82
-  _globals['_EVENT']._serialized_end=349
-  _globals['_EVENT_DETAILSENTRY']._serialized_start=303
-  _globals['_EVENT_DETAILSENTRY']._serialized_end=349
+  _globals['_EVENT']._serialized_end=466
+  _globals['_EVENT_DETAILSENTRY']._serialized_start=348
+  _globals['_EVENT_DETAILSENTRY']._serialized_end=394
+  _globals['_EVENT_DATAENTRY']._serialized_start=396
+  _globals['_EVENT_DATAENTRY']._serialized_end=466
+  _globals['_DETAILVALUE']._serialized_start=468
+  _globals['_DETAILVALUE']._serialized_end=558
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,7 @@
 """Fixtures of the hub's integration tests.
 
 The unit suite's fixtures are reused; ``db_url`` here runs each database test on a SQLite
-file and on the real PostgreSQL, in a schema of its own that is dropped afterwards, so
+file and on the test run's PostgreSQL, in a schema of its own that is dropped afterwards, so
 tests sharing the ``test`` database never see each other's rows.
 """
 

@@ -53,6 +53,14 @@ def test_simulate_checks_its_arguments(capsys: pytest.CaptureFixture[str]) -> No
     assert "expected a whole number >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_simulate_refuses_a_bad_trial_window(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--fleet", "f", "--state-root", "/tmp/x", "--trial-window", value, "--check"])
+    assert info.value.code == 2
+    assert "--trial-window: expected a number of seconds >= 0" in capsys.readouterr().err
+
+
 def test_the_module_runs_as_a_program() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "edge_agent.cli", "--version"], capture_output=True, text=True, timeout=60

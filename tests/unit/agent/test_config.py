@@ -64,6 +64,13 @@ def test_example_config_sets_a_trial_a_queue_and_metrics() -> None:
     assert cfg.metrics.port == 9464
 
 
+def test_example_config_copied_as_is_runs_no_firmware_slots() -> None:
+    # Slots on a board that is not set up for them would write images nowhere safe: they are opt-in.
+    cfg = load_config(REPO / "deploy" / "agent.example.toml")
+    assert cfg.firmware.hardware_id == "" and not cfg.firmware.enabled
+    assert cfg.firmware.bootlimit == 3
+
+
 def test_an_empty_queue_path_keeps_the_queue_in_memory(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, MINIMAL + '[queue]\npath = ""\n[trial]\nmode = "shadow"\n'))
     assert cfg.queue.path is None and cfg.trial.mode == "shadow"

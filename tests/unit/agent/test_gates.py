@@ -54,7 +54,7 @@ def test_nan_fails_at_once_and_says_where() -> None:
     verdict = judge.observe(latency_ms=1.0, outputs=bad)
     assert verdict is not None and not verdict.passed and verdict.gate == "nonfinite"
     assert "2 of 4 values of output 'y' on request 2" in verdict.reason
-    assert verdict.figures["requests"] == "2"
+    assert verdict.figures["requests"] == 2
     # decided: later observations change nothing
     assert judge.observe(latency_ms=1.0, outputs=logits(0)) is None and judge.requests == 2
 
@@ -84,7 +84,7 @@ def test_far_slower_than_the_previous_version_fails_the_latency_gate() -> None:
     )
     assert verdict is not None and verdict.gate == "latency_ratio"
     assert "15.0x the previous version's 2.00 ms" in verdict.reason
-    assert verdict.figures["p95_ms"] == "30" and verdict.figures["previous_p95_ms"] == "2"
+    assert verdict.figures["p95_ms"] == 30.0 and verdict.figures["previous_p95_ms"] == 2.0
 
 
 def test_a_few_microseconds_slower_is_within_the_slack() -> None:
@@ -114,7 +114,7 @@ def test_constant_answers_diverge_from_the_profile() -> None:
     assert verdict is not None and verdict.gate == "divergence"
     assert "diverges from the bundle's data profile" in verdict.reason
     assert verdict.figures["baseline"] == "profile" and float(verdict.figures["js_divergence"]) > 0.5
-    assert verdict.figures["top_class_share"] == "1"
+    assert verdict.figures["top_class_share"] == 1.0
 
 
 def test_without_a_profile_the_previous_versions_answers_are_the_baseline() -> None:
@@ -148,14 +148,14 @@ def test_a_good_version_passes_when_the_window_is_full() -> None:
     )
     assert verdict is not None and verdict.passed and judge.requests == 100
     assert verdict.reason == "every gate passed: the trial window was full"
-    assert verdict.figures["js_divergence"] == "0" and verdict.figures["disagreement"] == "0"
+    assert verdict.figures["js_divergence"] == 0.0 and verdict.figures["disagreement"] == 0.0
 
 
 def test_thin_traffic_passes_on_time_but_says_what_was_not_judged() -> None:
     judge = TrialJudge(CFG, mode=TrialMode.SERVE)
     feed(judge, 3, latency_ms=1.0, outputs=logits(1))
     verdict = judge.finish("time")
-    assert verdict.passed and verdict.figures["judged"] == "false"
+    assert verdict.passed and verdict.figures["judged"] is False
     assert "the trial time was up; only 3 request(s)" in verdict.reason
 
 

@@ -60,7 +60,7 @@ def test_taken_api_port_is_a_clear_error(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         settings = Settings(data_dir=tmp_path, api_port=port, grpc_port=0, mqtt_port=_closed_port())
         hub = Hub(settings)
-        with pytest.raises(HubStartError, match=f"cannot listen for HTTP on 127.0.0.1:{port}"):
+        with pytest.raises(HubStartError, match=f"HTTP port 127.0.0.1:{port} is in use"):
             hub.start()
         hub.stop()
 
