@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cloud.optimizing import optimize_run
-from cloud.training import train_run
+from cloud.training.optimize import optimize_run
+from cloud.training.runs import train_run
 from model_tools.data import load_digits_splits
 from model_tools.evaluate import LatencyPlan
 from model_tools.pipeline import OptimizeOptions, PipelineResult

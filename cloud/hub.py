@@ -19,14 +19,12 @@ import grpc
 import uvicorn
 from sqlalchemy import Engine
 
-from cloud.api import create_app
+from cloud.api.app import create_app
 from cloud.artifacts import ArtifactStore
 from cloud.clock import Clock, utcnow
 from cloud.context import HubContext
 from cloud.db import SessionFactory, session_factory
 from cloud.errors import HubError
-from cloud.grpc_server import GrpcServerError, bind_grpc_server, serve_artifacts
-from cloud.mqtt import HubMqtt, check_broker
 from cloud.services import assignments, registry
 from cloud.services.director import Director
 from cloud.services.ingest import Ingestor
@@ -34,6 +32,8 @@ from cloud.services.signing import Signing
 from cloud.services.tokens import ensure_admin_token
 from cloud.settings import Settings
 from cloud.startup import HubStartError, bind_http_socket, open_database, probe_port
+from cloud.transport.grpc_server import GrpcServerError, bind_grpc_server, serve_artifacts
+from cloud.transport.mqtt import HubMqtt, check_broker
 from cloud.tuf import TufSettings, ensure_initialized, open_repository
 from cloud.tuf.scheduler import ResignScheduler
 from cloud.tuf.sync import sync_targets

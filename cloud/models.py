@@ -2,7 +2,7 @@
 
 Device-reported rows (telemetry windows, events) are unique per ``(device_id, seq)``:
 QoS 1 delivers at least once, and a redelivered message must not count twice.
-Request and response shapes of the API live in ``cloud.schemas``.
+Request and response shapes of the API live in ``cloud.api.schemas.fleet``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The hub's HTTP API (FastAPI): the contract the CLI and dashboards use."""
+"""The hub's HTTP API (FastAPI): the contract the CLI and dashboards use.
 
-from cloud.api.app import create_app
-
-__all__ = ["create_app"]
+``cloud.api.app.create_app`` builds the application; ``cloud.api.schemas`` holds the models it
+speaks. Nothing is imported here, so the services can use the schemas without loading the routes.
+"""

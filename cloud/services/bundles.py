@@ -20,11 +20,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from cloud.api.schemas.fleet import ArtifactRefPublic, BundlePublic, RejectedVariantPublic, VariantPublic
 from cloud.artifacts import ArtifactInfo, ArtifactStore
 from cloud.clock import Clock, utcnow
 from cloud.errors import ConflictError, InvalidArtifactError, InvalidInputError
 from cloud.models import Bundle, Experiment, ModelVariant, ModelVersion
-from cloud.schemas import ArtifactRefPublic, BundlePublic, RejectedVariantPublic, VariantPublic
 from cloud.services import registry
 from cloud.services.experiments import parse_experiment, upsert_experiment
 from cloud.services.onnx_schema import onnx_io_schema

@@ -9,6 +9,14 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from cloud.api.schemas.fleet import (
+    DeviceDetailPublic,
+    DeviceEventPublic,
+    DevicePublic,
+    ModelRefPublic,
+    TelemetryWindowPublic,
+    TrialPublic,
+)
 from cloud.clock import from_ms
 from cloud.errors import InvalidInputError, NotFoundError
 from cloud.models import (
@@ -19,14 +27,6 @@ from cloud.models import (
     ModelVariant,
     ModelVersion,
     TelemetryWindow,
-)
-from cloud.schemas import (
-    DeviceDetailPublic,
-    DeviceEventPublic,
-    DevicePublic,
-    ModelRefPublic,
-    TelemetryWindowPublic,
-    TrialPublic,
 )
 from edgefleet_proto.v1 import common_pb2, device_pb2
 
@@ -328,7 +328,7 @@ def device_detail(session: Session, device_id: str) -> DeviceDetailPublic:
     base = _public(device, _desired_for(session, [device_id]).get(device_id))
     events = recent_events(session, device_id, RECENT_EVENTS)
     windows = recent_telemetry(session, device_id, 1)
-    from cloud.schemas import RollbackPublic
+    from cloud.api.schemas.fleet import RollbackPublic
     from cloud.services.rollbacks import list_rollbacks
 
     rolled = list_rollbacks(session, fleet=device.fleet, device_id=device_id, limit=RECENT_EVENTS)

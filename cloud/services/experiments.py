@@ -15,10 +15,15 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from cloud.api.schemas.fleet import (
+    ExperimentCreate,
+    ExperimentDetailPublic,
+    ExperimentPublic,
+    ModelVersionRef,
+)
 from cloud.clock import Clock, utcnow
 from cloud.errors import ConflictError, InvalidInputError, NotFoundError
 from cloud.models import Bundle, Experiment, ModelVariant, ModelVersion
-from cloud.schemas import ExperimentCreate, ExperimentDetailPublic, ExperimentPublic, ModelVersionRef
 
 __all__ = [
     "experiment_detail",

@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from securesystemslib.signer import CryptoSigner
@@ -45,7 +45,7 @@ from cloud.tuf.metadata import (
     sign,
 )
 
-__all__ = ["RoleStatus", "TufRepository"]
+__all__ = ["ONLINE_TOP", "RoleStatus", "TufRepository", "latest_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class RoleStatus:
     threshold: int
 
 
-def _latest(session: Session, role: str) -> TufMetadata | None:
+def latest_metadata(session: Session, role: str) -> TufMetadata | None:
+    """The newest stored version of ``role``'s metadata (None before the repository exists)."""
     return session.exec(
         select(TufMetadata).where(TufMetadata.role == role).order_by(col(TufMetadata.version).desc()).limit(1)
     ).first()
@@ -103,7 +104,7 @@ class TufRepository:
 
     def initialized(self) -> bool:
         with self._sessions() as session:
-            return _latest(session, "timestamp") is not None
+            return latest_metadata(session, "timestamp") is not None
 
     def root(self, session: Session | None = None) -> Metadata[Root]:
         """The current root (pass the caller's session inside a transaction: SQLite has one writer)."""
@@ -113,7 +114,7 @@ class TufRepository:
             return self._root(own)
 
     def _root(self, session: Session) -> Metadata[Root]:
-        row = _latest(session, "root")
+        row = latest_metadata(session, "root")
         if row is None:
             raise NotInitializedError(
                 "the update repository has no root yet: run `fleet keys init` or start the hub with auto-init"
@@ -158,7 +159,7 @@ class TufRepository:
                 )
             ]
             for role in ONLINE_TOP:
-                row = _latest(session, role)
+                row = latest_metadata(session, role)
                 if row is None:
                     continue
                 r = root.roles[role]
@@ -235,9 +236,9 @@ class TufRepository:
         root = self._root(session).signed
         new_targets = "targets" in roles
         new_snapshot = new_targets or "snapshot" in roles
-        t_row = _latest(session, "targets")
-        s_row = _latest(session, "snapshot")
-        ts_row = _latest(session, "timestamp")
+        t_row = latest_metadata(session, "targets")
+        s_row = latest_metadata(session, "snapshot")
+        ts_row = latest_metadata(session, "timestamp")
         if new_targets or t_row is None:
             specs = [
                 TargetSpec(r.path, r.sha256, r.length, dict(r.custom))
@@ -323,39 +324,44 @@ class TufRepository:
     def refresh(self, now: datetime | None = None) -> list[str]:
         """Re-sign every online role with less than ``resign_fraction`` of its validity left.
 
-        Returns the roles re-signed. Root is re-signed only when the hub holds its keys
-        (development root); otherwise an expiring root is logged for its custodians.
+        Returns the roles re-signed. Root is not one of them: a new root version is a rotation
+        (``cloud.tuf.rotation``), which the re-sign scheduler asks for when ``root_expiring`` says so.
         """
         now = now or self._clock()
         due: list[str] = []
         with self._sessions() as session:
-            for role in ("root", *ONLINE_TOP):
-                row = _latest(session, role)
-                if row is None:
-                    continue
-                margin = self.settings.expiry(role) * self.settings.resign_fraction
-                if row.expires - now <= margin:
+            for role in ONLINE_TOP:
+                if self._expiring(session, role, now):
                     due.append(role)
-        if "root" in due:
-            due.remove("root")
-            self._refresh_root(now)
         if due:
             self._publish_retrying(lambda _s: True, due)
             log.info("re-signed %s before expiry", ", ".join(due))
         return due
 
-    def _refresh_root(self, now: datetime) -> None:
-        from cloud.tuf.rotation import RotationService
+    def root_expiring(self, now: datetime | None = None) -> bool:
+        """Whether root has less than ``resign_fraction`` of its validity left."""
+        with self._sessions() as session:
+            return self._expiring(session, "root", now or self._clock())
 
-        if self.hub_root is None or not self.hub_root.keyids():
-            left = self.root().signed.expires - now
-            log.warning(
-                "root metadata expires in %s; sign a new root version with the offline root keys "
-                "(`fleet keys rotate root`)",
-                left if left > timedelta(0) else "the past",
-            )
-            return
-        RotationService(self).propose("root-refresh")
+    def _expiring(self, session: Session, role: str, now: datetime) -> bool:
+        row = latest_metadata(session, role)
+        if row is None:
+            return False
+        return row.expires - now <= self.settings.expiry(role) * self.settings.resign_fraction
+
+    # -- what workflows over the store (rotation, target sync) use ------------------------------
+
+    @property
+    def sessions(self) -> SessionFactory:
+        return self._sessions
+
+    @property
+    def write_lock(self) -> threading.RLock:
+        """Held while metadata is signed and stored, so versions are handed out one at a time."""
+        return self._lock
+
+    def now(self) -> datetime:
+        return self._clock()
 
     def sign_root(self, md: Metadata[Root], signers: Iterable[CryptoSigner]) -> None:
         for signer in signers:

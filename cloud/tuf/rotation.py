@@ -23,6 +23,7 @@ import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from securesystemslib.exceptions import UnverifiedSignatureError
 from securesystemslib.signer import Key, Signature
@@ -38,7 +39,7 @@ from cloud.tuf.errors import (
 )
 from cloud.tuf.keys import ONLINE_ROLES
 from cloud.tuf.metadata import build_root, director_role, gc_keys, serialize, set_director
-from cloud.tuf.repository import ONLINE_TOP, TufRepository, _latest
+from cloud.tuf.repository import ONLINE_TOP, TufRepository, latest_metadata
 
 __all__ = ["Rotation", "RotationService"]
 
@@ -102,6 +103,23 @@ class RotationService:
         )
         return rotation
 
+    def refresh_root_if_expiring(self) -> bool:
+        """Sign a later-expiring root when the hub holds the root key; else warn its custodians.
+
+        Returns whether a new root version was published. Called on every re-sign tick.
+        """
+        if not self.repo.root_expiring():
+            return False
+        if self.repo.hub_root is None or not self.repo.hub_root.keyids():
+            left = self.repo.root().signed.expires - self.repo.now()
+            log.warning(
+                "root metadata expires in %s; sign a new root version with the offline root keys "
+                "(`fleet keys rotate root`)",
+                left if left > timedelta(0) else "the past",
+            )
+            return False
+        return self.propose("root-refresh").state == "published"
+
     # -- proposals -----------------------------------------------------------------------------
 
     def propose(
@@ -119,8 +137,8 @@ class RotationService:
         threshold = threshold or 1
         if root_keys is not None and not 1 <= threshold <= len(root_keys):
             raise RotationError(f"root threshold {threshold} is impossible with {len(root_keys)} root key(s)")
-        with self.repo._lock, self.repo._sessions() as session:
-            row = _latest(session, "root")
+        with self.repo.write_lock, self.repo.sessions() as session:
+            row = latest_metadata(session, "root")
             old = None if row is None else Metadata[Root].from_bytes(row.data).signed
             if old is None and role != "root":
                 raise RepositoryStateError(
@@ -137,7 +155,7 @@ class RotationService:
                 root_json=serialize(md),
                 signatures={},
                 new_keyids=new_keyids,
-                created_at=self.repo._clock(),
+                created_at=self.repo.now(),
             )
             session.add(rotation_row)
             session.commit()
@@ -154,7 +172,7 @@ class RotationService:
     def _next_root(
         self, old: Root | None, role: str, root_keys: list[Key], threshold: int
     ) -> tuple[Root, list[str]]:
-        expires = self.repo._clock() + self.repo.settings.expiry("root")
+        expires = self.repo.now() + self.repo.settings.expiry("root")
         if old is None:
             made = {r: self.repo.online.role(r).create().public_key for r in ONLINE_ROLES}
             root = build_root(
@@ -186,14 +204,14 @@ class RotationService:
         return new, new_keyids
 
     def get(self, rotation_id: int) -> Rotation:
-        with self.repo._sessions() as session:
+        with self.repo.sessions() as session:
             row = session.get(TufRotation, rotation_id)
             if row is None:
                 raise RotationNotFoundError(f"no key rotation {rotation_id}")
             return self._view(session, row)
 
     def pending(self) -> list[Rotation]:
-        with self.repo._sessions() as session:
+        with self.repo.sessions() as session:
             rows = session.exec(
                 select(TufRotation).where(TufRotation.state == "pending").order_by(col(TufRotation.id))
             )
@@ -233,7 +251,7 @@ class RotationService:
     def add_signatures(self, rotation_id: int, signatures: Mapping[str, str]) -> Rotation:
         """Add root-key signatures (hex) to a pending rotation; publish it once both thresholds hold."""
         published_role = None
-        with self.repo._lock, self.repo._sessions() as session:
+        with self.repo.write_lock, self.repo.sessions() as session:
             row = session.get(TufRotation, rotation_id)
             if row is None:
                 raise RotationNotFoundError(f"no key rotation {rotation_id}")
@@ -245,7 +263,7 @@ class RotationService:
             new = md.signed
             old_bytes = self._root_row(session, new.version - 1) if new.version > 1 else None
             old = Metadata[Root].from_bytes(old_bytes).signed if old_bytes is not None else None
-            current = _latest(session, "root")
+            current = latest_metadata(session, "root")
             if (current.version if current else 0) != new.version - 1:
                 row.state = "superseded"
                 session.add(row)

@@ -18,6 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from cloud.db import SessionFactory
 from cloud.services.director import Director
 from cloud.tuf.repository import TufRepository
+from cloud.tuf.rotation import RotationService
 from cloud.tuf.sync import sync_targets
 
 __all__ = ["ResignScheduler", "TickResult"]
@@ -52,7 +53,9 @@ class ResignScheduler:
 
     def tick(self) -> TickResult:
         result = TickResult()
-        result.roles = self.repo.refresh()
+        # Root first: a new root version may name new keys that the online roles are then signed with.
+        root = ["root"] if RotationService(self.repo).refresh_root_if_expiring() else []
+        result.roles = root + self.repo.refresh()
         result.targets_synced = sync_targets(self.repo)
         with self._sessions() as session:
             envelopes = self.director.resign(session)

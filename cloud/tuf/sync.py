@@ -119,7 +119,7 @@ def sync_targets(repo: TufRepository) -> bool:
     if not repo.initialized():
         return False
     listed = repo.targets()
-    with repo._sessions() as session:
+    with repo.sessions() as session:
         wanted = wanted_targets(session)
         firmware_paths = {fw.target_path for fw in session.exec(select(FirmwareImage))}
     add = [spec for path, spec in wanted.items() if listed.get(path) != spec]

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from cloud.client import HubClient
+from cloud.client.hub import HubClient
 from cloud.hub import Hub
 from cloud.settings import Settings
 from cloud.tuf.keys import generate_signer

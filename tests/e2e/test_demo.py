@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cloud.broker import BrokerHandle, start_embedded_broker
-from cloud.demo import run_demo
+from cloud.demo.run import run_demo
+from cloud.transport.broker import BrokerHandle, start_embedded_broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.optimizing import optimize_run
-from cloud.training import ExperimentRecord, train_run
+from cloud.training.optimize import optimize_run
+from cloud.training.runs import ExperimentRecord, train_run
 from model_tools.evaluate import LatencyPlan
 from model_tools.pipeline import OptimizeOptions, PipelineResult
 

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cloud.cli import app
-from cloud.client import HubClient
+from cloud.client.hub import HubClient
 from cloud.hub import Hub
 from cloud.settings import Settings
 from edgefleet_proto.topics import FleetTopics

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from tuf.ngclient import Updater
 
-from cloud.cli_common import Output
-from cloud.cli_keys import init as keys_init
-from cloud.cli_keys import rotate as keys_rotate
-from cloud.client_signing import SigningClient
+from cloud.cli.common import Output
+from cloud.cli.keys import init as keys_init
+from cloud.cli.keys import rotate as keys_rotate
+from cloud.client.signing import SigningClient
 from cloud.hub import Hub
 from cloud.settings import Settings
 from edge_agent.trust.repository import TrustedRepository, install_root

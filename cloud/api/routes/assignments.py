@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep
-from cloud.schemas import AssignedDevice, AssignmentCreate, AssignmentsPublic, SkippedDevice
+from cloud.api.schemas.fleet import AssignedDevice, AssignmentCreate, AssignmentsPublic, SkippedDevice
 from cloud.services import assignments
 from cloud.services.rollbacks import RefusedDevice
 

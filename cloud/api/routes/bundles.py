@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request, status
 from cloud.api.bundle_upload import FILE_FIELD, MANIFEST_FIELD, ReceivedBundle, receive_bundle_upload
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
 from cloud.api.routes.models import resolve_version
+from cloud.api.schemas.fleet import BundlePublic
 from cloud.context import HubContext
-from cloud.schemas import BundlePublic
 from cloud.services import bundles, registry
 
 router = APIRouter(tags=["bundles"])

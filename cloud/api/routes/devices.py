@@ -8,8 +8,7 @@ from fastapi import APIRouter, Query
 from sqlmodel import col
 
 from cloud.api.deps import ContextDep, SessionDep, ViewerDep
-from cloud.models import Device, DeviceState
-from cloud.schemas import (
+from cloud.api.schemas.fleet import (
     DeviceDetailPublic,
     DeviceEventPublic,
     DeviceEventsPublic,
@@ -17,6 +16,7 @@ from cloud.schemas import (
     TelemetryWindowPublic,
     TelemetryWindowsPublic,
 )
+from cloud.models import Device, DeviceState
 from cloud.services import devices, lookup
 from cloud.validation import parse_label_selector
 

@@ -7,9 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from cloud.api.schemas.fleet import (
+    ExperimentCreate,
+    ExperimentDetailPublic,
+    ExperimentPublic,
+    ExperimentsPublic,
+)
 from cloud.errors import InvalidInputError
 from cloud.models import Experiment
-from cloud.schemas import ExperimentCreate, ExperimentDetailPublic, ExperimentPublic, ExperimentsPublic
 from cloud.services import experiments, lookup
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])

@@ -9,16 +9,16 @@ from fastapi import APIRouter, Query, Request, status
 
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
 from cloud.api.routes.tuf import SigningDep
-from cloud.api.upload import receive_upload
-from cloud.artifacts import ArtifactInfo
-from cloud.context import HubContext
-from cloud.models import FirmwareImage
-from cloud.schemas_signing import (
+from cloud.api.schemas.signing import (
     FirmwareAssignmentCreate,
     FirmwareAssignmentPublic,
     FirmwareListPublic,
     FirmwarePublic,
 )
+from cloud.api.upload import receive_upload
+from cloud.artifacts import ArtifactInfo
+from cloud.context import HubContext
+from cloud.models import FirmwareImage
 from cloud.services import firmware
 from cloud.services.signing import Signing
 

@@ -6,8 +6,8 @@ import anyio.to_thread
 from fastapi import APIRouter, Response
 
 from cloud.api.deps import ContextDep
+from cloud.api.schemas.fleet import Health
 from cloud.db import ping
-from cloud.schemas import Health
 
 router = APIRouter(tags=["health"])
 

@@ -15,8 +15,8 @@ from securesystemslib.signer import Key
 
 from cloud.api.deps import AdminDep
 from cloud.api.routes.tuf import SigningDep
+from cloud.api.schemas.signing import KeysPublic, RoleKeysPublic, RotationCreate, RotationPublic, SignaturesIn
 from cloud.errors import InvalidInputError
-from cloud.schemas_signing import KeysPublic, RoleKeysPublic, RotationCreate, RotationPublic, SignaturesIn
 from cloud.tuf.rotation import Rotation
 
 router = APIRouter(prefix="/keys", tags=["keys"])

@@ -10,12 +10,12 @@ from fastapi import APIRouter, Query, Request, status
 from sqlmodel import col
 
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from cloud.api.schemas.fleet import ModelVersionPublic, ModelVersionsPublic
 from cloud.api.upload import receive_upload
 from cloud.artifacts import ArtifactInfo
 from cloud.context import HubContext
 from cloud.errors import InvalidInputError
 from cloud.models import ModelVersion
-from cloud.schemas import ModelVersionPublic, ModelVersionsPublic
 from cloud.services import lookup, registry
 from cloud.validation import MODEL_NAME_PATTERN, VERSION_PATTERN, check_model_name, check_version
 

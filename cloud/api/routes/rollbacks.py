@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from cloud.api.deps import ContextDep, SessionDep, ViewerDep
-from cloud.schemas import RollbackPublic, RollbacksPublic
+from cloud.api.schemas.fleet import RollbackPublic, RollbacksPublic
 from cloud.services import rollbacks
 
 router = APIRouter(prefix="/rollbacks", tags=["rollbacks"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from cloud.api.deps import AdminDep, ContextDep, SessionDep
-from cloud.schemas import TokenCreate, TokenCreated
+from cloud.api.schemas.fleet import TokenCreate, TokenCreated
 from cloud.services import tokens
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])

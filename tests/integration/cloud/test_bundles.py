@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from cloud.api import create_app
+from cloud.api.app import create_app
 from cloud.artifacts import ArtifactStore
 from cloud.context import HubContext
 from cloud.db import SessionFactory
@@ -382,7 +382,7 @@ def test_the_artifact_service_serves_variants_and_the_profile(
 ) -> None:
     import grpc
 
-    from cloud.grpc_server import start_grpc_server
+    from cloud.transport.grpc_server import start_grpc_server
     from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc
     from model_tools.profile import parse_profile
 

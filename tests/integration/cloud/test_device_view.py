@@ -16,17 +16,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from cloud.api import create_app
+from cloud.api.app import create_app
 from cloud.artifacts import ArtifactStore
 from cloud.context import HubContext
 from cloud.db import SessionFactory
 from cloud.models import DeviceState, Role
-from cloud.mqtt import HubMqtt
 from cloud.services import assignments, registry, tokens
 from cloud.services.devices import get_device
 from cloud.services.ingest import Ingestor
 from cloud.services.publisher import RecordingPublisher
 from cloud.settings import Settings
+from cloud.transport.mqtt import HubMqtt
 from edgefleet_proto.topics import FleetTopics
 from edgefleet_proto.v1 import common_pb2, device_pb2, event_pb2
 from tests.integration.cloud.mqtt_probe import Probe, wait_for

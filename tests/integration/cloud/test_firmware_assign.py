@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from cloud.api import create_app
+from cloud.api.app import create_app
 from cloud.artifacts import ArtifactStore
 from cloud.context import HubContext
 from cloud.db import SessionFactory

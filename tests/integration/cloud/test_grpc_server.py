@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cloud.artifacts import ArtifactStore
-from cloud.grpc_server import DEFAULT_CHUNK, MAX_CHUNK, SERVICE_NAME, start_grpc_server
+from cloud.transport.grpc_server import DEFAULT_CHUNK, MAX_CHUNK, SERVICE_NAME, start_grpc_server
 from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc
 
 pytestmark = pytest.mark.integration

@@ -14,11 +14,11 @@ from cloud.artifacts import ArtifactStore
 from cloud.db import SessionFactory
 from cloud.errors import PublishError
 from cloud.models import Device, DeviceEvent, DeviceState, TelemetryWindow
-from cloud.mqtt import HubMqtt
 from cloud.services import assignments, registry
 from cloud.services.ingest import InboundMessage, Ingestor
 from cloud.services.publisher import RecordingPublisher
 from cloud.settings import Settings
+from cloud.transport.mqtt import HubMqtt
 from edgefleet_proto.topics import FleetTopics
 from edgefleet_proto.v1 import desired_pb2
 from tests.integration.cloud.mqtt_probe import Probe, read_retained, wait_for

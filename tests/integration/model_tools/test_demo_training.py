@@ -1,4 +1,4 @@
-"""cloud.training.train_demo_model end to end: digits -> torch -> ONNX file checked in onnxruntime."""
+"""cloud.training.runs.train_demo_model end to end: digits -> torch -> ONNX file checked in onnxruntime."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cloud.training import train_demo_model
+from cloud.training.runs import train_demo_model
 from model_tools.data import load_digits_splits
 from model_tools.errors import ConfigError
 from model_tools.hashing import sha256_file

@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 import model_tools.tflite
-from cloud.optimizing import optimize_run
+from cloud.training.optimize import optimize_run
 from model_tools.bundle import verify_bundle
 from model_tools.data import load_digits_splits
 from model_tools.errors import ConfigError, PipelineError

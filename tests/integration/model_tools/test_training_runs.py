@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.optimizing import default_version, optimize_run
-from cloud.training import RUN_FILE, WEIGHTS_FILE, code_revision, load_run, train_run
+from cloud.training.optimize import default_version, optimize_run
+from cloud.training.runs import RUN_FILE, WEIGHTS_FILE, code_revision, load_run, train_run
 from model_tools.data import load_digits_splits
 from model_tools.errors import ConfigError, DataError, DataValidationError
 from tests.integration.conftest import TrainedRun

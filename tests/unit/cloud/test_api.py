@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from cloud.api import create_app
+from cloud.api.app import create_app
 from cloud.artifacts import ArtifactStore
 from cloud.context import HubContext
 from cloud.models import Role

@@ -16,8 +16,8 @@ import typer
 from typer.testing import CliRunner
 
 from cloud.cli import app
-from cloud.cli_common import ExitCode, exit_code_for, short_prefixes
-from cloud.client import HubError, HubUnreachableError, validation_sentence
+from cloud.cli.common import ExitCode, exit_code_for, short_prefixes
+from cloud.client.hub import HubError, HubUnreachableError, validation_sentence
 
 runner = CliRunner()
 PYTHON_TYPE = re.compile(r"<[^<>\s]*\[[^<>]*\]>")  # <list[str]>, <dict[str, str]>, ...

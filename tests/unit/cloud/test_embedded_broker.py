@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from amqtt.broker import Broker
 
-from cloud.broker import _guard_subscription_iteration
+from cloud.transport.broker import _guard_subscription_iteration
 
 CONFIG = {"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}}
 

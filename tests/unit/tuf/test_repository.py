@@ -16,6 +16,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 from cloud.errors import NotFoundError
 from cloud.tuf import TargetSpec, TufRepository
 from cloud.tuf.metadata import director_role
+from cloud.tuf.rotation import RotationService
 from tests.unit.cloud.helpers import FrozenClock
 
 DATA = b"an artifact" * 10
@@ -108,6 +109,55 @@ def test_refresh_resigns_only_what_is_close_to_expiry(repo: TufRepository, clock
 def test_root_near_expiry_is_resigned_when_the_hub_holds_the_development_root(
     repo: TufRepository, clock: FrozenClock
 ) -> None:
+    rotation = RotationService(repo)
+    assert not repo.root_expiring() and not rotation.refresh_root_if_expiring()
     clock.advance(200 * 86400)
+    assert repo.root_expiring()
+    # The store alone never makes a root version: that is the rotation workflow's job.
     repo.refresh()
+    assert {s.role: s.version for s in repo.status()}["root"] == 1
+    assert rotation.refresh_root_if_expiring()
     assert {s.role: s.version for s in repo.status()}["root"] == 2
+    assert not repo.root_expiring()
+
+
+def test_an_expiring_offline_root_is_only_reported(
+    repo: TufRepository, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo.hub_root = None  # root keys moved offline
+    clock.advance(200 * 86400)
+    assert not RotationService(repo).refresh_root_if_expiring()
+    assert {s.role: s.version for s in repo.status()}["root"] == 1
+    assert "sign a new root version with the offline root keys" in caplog.text
+
+
+def test_the_store_knows_nothing_of_the_rotation_workflow() -> None:
+    """rotation.py is a workflow over the store: the store never imports it, and it uses public names."""
+    import ast
+
+    import cloud.tuf.repository as store_module
+    import cloud.tuf.rotation as rotation_module
+
+    store = ast.parse(Path(store_module.__file__).read_text(encoding="utf-8"))
+    imported = {
+        node.module for node in ast.walk(store) if isinstance(node, ast.ImportFrom) and node.module
+    } | {alias.name for node in ast.walk(store) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m.startswith("cloud.tuf.rotation")}
+
+    rotation = ast.parse(Path(rotation_module.__file__).read_text(encoding="utf-8"))
+    private_uses = sorted(
+        f"{node.value.attr}.{node.attr}"
+        for node in ast.walk(rotation)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "repo"
+        and node.attr.startswith("_")
+    )
+    from_store = [
+        alias.name
+        for node in ast.walk(rotation)
+        if isinstance(node, ast.ImportFrom) and node.module == "cloud.tuf.repository"
+        for alias in node.names
+    ]
+    assert private_uses == []
+    assert [name for name in from_store if name.startswith("_")] == []

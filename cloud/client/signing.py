@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from cloud.client import HubClient, HubError, HubUnreachableError
+from cloud.client.hub import HubClient, HubError, HubUnreachableError
 
 __all__ = ["SigningClient"]
 

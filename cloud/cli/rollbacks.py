@@ -1,7 +1,6 @@
 """`fleet rollbacks`: versions devices rolled back on their own, with the reason and the figures."""
 
 # Typer commands take their options as parameters.
-# ruff: noqa: PLR0917
 
 from __future__ import annotations
 
@@ -11,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from cloud.cli_common import Col, HubUrl, Output, OutputOpt, Token, console, example, fail, table
-from cloud.client import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
+from cloud.cli.common import Col, HubUrl, Output, OutputOpt, Token, console, example, fail, table
+from cloud.client.hub import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 rollbacks_app = typer.Typer(
     help="Versions devices rolled back on their own; the hub does not offer them to those devices again.",

@@ -17,7 +17,7 @@ from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 
-from cloud.client import HubError, HubUnreachableError
+from cloud.client.hub import HubError, HubUnreachableError
 
 __all__ = [
     "EXIT_CODES_HELP",

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cloud.training import VERSION_PATTERN, ExperimentRecord, code_revision, load_run, validate_splits
+from cloud.training.runs import VERSION_PATTERN, ExperimentRecord, code_revision, load_run, validate_splits
 from model_tools.data import load_digits_splits
 from model_tools.errors import ConfigError, DataError
 from model_tools.pipeline import OptimizeOptions, PipelineResult, ProgressSink, VersionInfo, optimize

@@ -11,8 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cloud import cli_devices, cli_firmware, cli_keys, cli_rollbacks, cli_train
-from cloud.cli_common import (
+from cloud.cli import devices as cli_devices
+from cloud.cli import firmware as cli_firmware
+from cloud.cli import keys as cli_keys
+from cloud.cli import rollbacks as cli_rollbacks
+from cloud.cli import train as cli_train
+from cloud.cli.common import (
     EXIT_CODES_HELP,
     Col,
     HubUrl,
@@ -27,9 +31,9 @@ from cloud.cli_common import (
     table,
     usage_error,
 )
-from cloud.cli_common import fail as _fail
-from cloud.cli_common import print_json as _print_json
-from cloud.client import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
+from cloud.cli.common import fail as _fail
+from cloud.cli.common import print_json as _print_json
+from cloud.client.hub import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 app = typer.Typer(
     help="edgefleet hub and fleet CLI.",
@@ -88,7 +92,7 @@ def hub(
     ] = "INFO",
 ) -> None:
     """Run the hub: HTTP API, MQTT transport and gRPC artifact server, until interrupted."""
-    from cloud.cli_common import ExitCode
+    from cloud.cli.common import ExitCode
     from cloud.hub import Hub, HubStartError
     from cloud.settings import Settings
 
@@ -295,7 +299,7 @@ def simulate(
         grpc_endpoint = f"127.0.0.1:{os.environ.get('EDGEFLEET_GRPC_PORT', '50051')}"
     # Every device is provisioned with the fleet's trusted root: it refuses what does not verify against it.
     if trust_root is None:
-        from cloud.client_signing import SigningClient
+        from cloud.client.signing import SigningClient
 
         state_root.mkdir(parents=True, exist_ok=True)
         trust_root = state_root / "root.json"
@@ -343,7 +347,7 @@ def demo(
     ] = 1883,
 ) -> None:
     """Train, push and roll a model out to a simulated fleet on this machine, end to end."""
-    from cloud.demo import DemoError, run_demo
+    from cloud.demo.run import DemoError, run_demo
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -362,7 +366,3 @@ def demo(
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

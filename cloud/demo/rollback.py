@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from cloud.client import HubClient, HubError
+from cloud.client.hub import HubClient, HubError
 from edgefleet_proto.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 __all__ = ["BAD_CLASS", "make_constant_model", "run_rollback_step"]

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cloud.cli_common import (
+from cloud.cli.common import (
     Col,
     HubUrl,
     Output,
@@ -37,9 +37,9 @@ from cloud.cli_common import (
     short_prefixes,
     table,
 )
-from cloud.cli_common import fail as _fail
-from cloud.cli_common import print_json as _print_json
-from cloud.client import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
+from cloud.cli.common import fail as _fail
+from cloud.cli.common import print_json as _print_json
+from cloud.client.hub import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 if TYPE_CHECKING:
     from model_tools.pipeline import PipelineResult, ProgressEvent
@@ -114,7 +114,7 @@ def _progress_bars() -> Progress:
     )
 
 
-def train(  # noqa: PLR0917 - Typer commands take their options as parameters
+def train(
     model: Annotated[str, typer.Option(metavar="KIND", help="Demo model: mlp or cnn.")] = "mlp",
     epochs: Annotated[
         int | None, typer.Option(metavar="N", min=1, help="Epochs (default: the model's recipe).")
@@ -141,7 +141,7 @@ def train(  # noqa: PLR0917 - Typer commands take their options as parameters
     output: OutputOpt = Output.table,
 ) -> None:
     """Validate the data, train a model, and record the run (torchrun-ready: DDP when WORLD_SIZE > 1)."""
-    from cloud.training import train_run
+    from cloud.training.runs import train_run
     from model_tools.errors import ModelToolsError
     from model_tools.pipeline import ProgressEvent
     from model_tools.train import DistributedContext, EpochProgress
@@ -201,7 +201,7 @@ def train(  # noqa: PLR0917 - Typer commands take their options as parameters
     console.print(f"next: fleet models optimize {folder}")
 
 
-def models_optimize(  # noqa: PLR0917 - Typer commands take their options as parameters
+def models_optimize(
     run_dir: Annotated[
         Path,
         typer.Argument(metavar="RUN_DIR", help="A run folder written by `fleet train`.", file_okay=False),
@@ -230,7 +230,7 @@ def models_optimize(  # noqa: PLR0917 - Typer commands take their options as par
     output: OutputOpt = Output.table,
 ) -> None:
     """Export, prune, quantize, convert, evaluate and gate a trained model; register the bundle."""
-    from cloud.optimizing import optimize_run
+    from cloud.training.optimize import optimize_run
     from model_tools.errors import ModelToolsError
     from model_tools.gates import GatePolicy
     from model_tools.pipeline import OptimizeOptions

@@ -1,7 +1,6 @@
 """`fleet firmware`: build bundles and deltas locally, push them to the hub, assign them."""
 
 # Typer commands take their options as parameters.
-# ruff: noqa: PLR0917
 
 from __future__ import annotations
 
@@ -13,10 +12,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console, err_console, example, usage_error
-from cloud.cli_common import fail as _fail
-from cloud.client import HubError, resolve_token
-from cloud.client_signing import SigningClient
+from cloud.cli.common import HubUrl, Output, OutputOpt, Token, console, err_console, example, usage_error
+from cloud.cli.common import fail as _fail
+from cloud.client.hub import HubError, resolve_token
+from cloud.client.signing import SigningClient
 from cloud.validation import parse_label_selector
 from firmware_images.build import build_bundle, build_delta, load_bundle
 from firmware_images.format import BundleError

@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cloud.client import HubClient
+from cloud.client.hub import HubClient
 
 __all__ = ["DemoBundle", "build_and_register", "runtimes_mix_for", "show_variants"]
 
@@ -43,8 +43,8 @@ class DemoBundle:
 
 def build_and_register(client: HubClient, kind: str, work: Path, out: Console) -> DemoBundle:
     """Train ``kind`` with lineage, record the run, build the gated bundle and register it."""
-    from cloud.optimizing import optimize_run
-    from cloud.training import train_run
+    from cloud.training.optimize import optimize_run
+    from cloud.training.runs import train_run
     from model_tools.evaluate import LatencyPlan
     from model_tools.pipeline import OptimizeOptions
 

@@ -23,9 +23,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from rich.console import Console
 
-from cloud.broker import BrokerHandle
-from cloud.client import HubClient
-from cloud.client_signing import SigningClient
+from cloud.client.hub import HubClient
+from cloud.client.signing import SigningClient
+from cloud.transport.broker import BrokerHandle
 from cloud.tuf.keys import generate_signer
 from edgefleet_proto.topics import DeviceTopics
 from edgefleet_proto.v1 import desired_pb2
@@ -83,7 +83,7 @@ def _events(client: HubClient, device_id: str, kind: str) -> list[dict[str, Any]
 
 
 def _wait(what: str, probe: Any, timeout: float) -> Any:
-    from cloud.demo import wait_for
+    from cloud.demo.run import wait_for
 
     return wait_for(what, probe, timeout)
 
@@ -99,8 +99,8 @@ def run_signing_step(
     out: Console,
     timeout: float,
 ) -> dict[str, Any]:
-    from cloud.cli_common import Output
-    from cloud.cli_keys import rotate
+    from cloud.cli.common import Output
+    from cloud.cli.keys import rotate
 
     signing = SigningClient(api_url, token)
     before = {r["role"]: r for r in signing.keys()["roles"]}

@@ -6,7 +6,6 @@ signatures only, and the hub publishes the new root once both thresholds are met
 """
 
 # Typer commands take their options as parameters.
-# ruff: noqa: PLR0917
 
 from __future__ import annotations
 
@@ -19,10 +18,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cloud.cli_common import HubUrl, Output, OutputOpt, Token, console, err_console, example, usage_error
-from cloud.cli_common import fail as _fail
-from cloud.client import HubError, resolve_token
-from cloud.client_signing import SigningClient
+from cloud.cli.common import HubUrl, Output, OutputOpt, Token, console, err_console, example, usage_error
+from cloud.cli.common import fail as _fail
+from cloud.client.hub import HubError, resolve_token
+from cloud.client.signing import SigningClient
 from cloud.tuf.errors import KeyCustodyError, RotationError
 from cloud.tuf.keys import KeyDir
 from cloud.tuf.offline import describe_root, generate_root_keys, key_to_dict, sign_root_json

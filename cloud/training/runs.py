@@ -9,7 +9,7 @@ when there is one (data-parallel under torchrun), and writes a run folder:
     {runs}/{run_id}/model.pt     the trained weights (a state dict; loaded with weights_only)
 
 ``fleet models optimize`` turns a run folder into a version bundle
-(``cloud.optimizing``). ``train_demo_model`` trains and exports a single ONNX file
+(``cloud.training.optimize``). ``train_demo_model`` trains and exports a single ONNX file
 in one call, for the quick path of ``fleet demo``.
 """
 

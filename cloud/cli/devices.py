@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from cloud.cli_common import (
+from cloud.cli.common import (
     Col,
     HubUrl,
     Output,
@@ -20,7 +20,7 @@ from cloud.cli_common import (
     print_json,
     table,
 )
-from cloud.client import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
+from cloud.client.hub import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 __all__ = ["devices_app", "model_label", "trial_label"]
 

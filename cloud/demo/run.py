@@ -29,9 +29,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from cloud.broker import BrokerError, BrokerHandle, ensure_broker
-from cloud.client import HubClient
-from cloud.retained import clear_fleet_retained
+from cloud.client.hub import HubClient
+from cloud.transport.broker import BrokerError, BrokerHandle, ensure_broker
+from cloud.transport.retained import clear_fleet_retained
 from edgefleet_proto.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 T = TypeVar("T")
@@ -163,7 +163,7 @@ def run_demo(
     ``broker``: use this one; else the broker at ``mqtt_host:mqtt_port`` when it answers MQTT,
     else an embedded one started for the demo.
     """
-    from cloud.demo_bundle import build_and_register, runtimes_mix_for, show_variants
+    from cloud.demo.bundle import build_and_register, runtimes_mix_for, show_variants
     from cloud.hub import Hub
     from cloud.settings import Settings
 
@@ -195,11 +195,11 @@ def run_demo(
 
         client = stack.enter_context(HubClient(hub.api_url, hub.admin_token))
         # Devices are provisioned with the fleet's root: every update they take verifies against it.
-        from cloud.demo_signing import fleet_args, provision_root, run_signing_step
+        from cloud.demo.signing import fleet_args, provision_root, run_signing_step
 
         assert hub.context is not None and hub.context.signing is not None
         root_file = provision_root(hub.context.signing.repo.root_bytes(), work)
-        # Train with lineage, optimize into a gated bundle of variants, register it (cloud.demo_bundle).
+        # Train with lineage, optimize into a gated bundle of variants, register it (cloud.demo.bundle).
         trained = build_and_register(client, model_kind, work, out)
 
         fleet_proc = start_fleet(
@@ -294,7 +294,7 @@ def run_demo(
         )
 
         # A bad version: every device that tries it must roll it back on its own.
-        from cloud.demo_rollback import run_rollback_step
+        from cloud.demo.rollback import run_rollback_step
 
         rollback = run_rollback_step(
             client=client,

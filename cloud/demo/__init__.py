@@ -1,0 +1,1 @@
+"""`fleet demo`: the whole path on one machine. ``run`` drives it; the other modules are its scenarios."""
