@@ -29,6 +29,9 @@ class HubContext:
     clock: Clock = utcnow
     # The signed-update channel (TUF repository, director); None on a hub without one.
     signing: Signing | None = None
+    # Advance the rollouts now rather than at the next interval (after an operator's action, or an
+    # event a gate reacts to); a no-op where no rollout scheduler runs (tests, tools).
+    kick_rollouts: Callable[[], None] = lambda: None
     sessions: SessionFactory = field(init=False)
 
     def __post_init__(self) -> None:

@@ -4,6 +4,12 @@ SQLite is the single-machine default. Its writers are serialised with ``BEGIN IM
 the hub writes from several threads (ingest worker, API requests), and a deferred
 transaction that reads and then writes fails at once with SQLITE_BUSY when another
 writer got in between, without waiting on the busy timeout.
+
+Reads that write nothing take no write lock: :func:`read_session_factory` makes sessions
+that begin a deferred transaction (SQLite, ``PRAGMA query_only`` on) or a read-only one
+(PostgreSQL). In WAL mode such a reader sees the last committed state and neither waits
+for a writer nor holds one up, so the artifact service's per-download check does not
+queue behind telemetry writes.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from cloud.errors import HubError
 SessionFactory = Callable[[], Session]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Execution option that marks a connection's transactions as read-only (see read_session_factory).
+READ_ONLY = "edgefleet_read_only"
 
 
 class DatabaseError(HubError):
@@ -77,7 +86,15 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READ_ONLY, False):
+            # Deferred: takes a read snapshot at the first SELECT and never the write lock.
+            # query_only turns a write that slipped in into an error instead of a lock grab.
+            conn.exec_driver_sql("PRAGMA query_only=ON")
+            conn.exec_driver_sql("BEGIN")
+        else:
+            # Pooled connections are shared by both kinds of session.
+            conn.exec_driver_sql("PRAGMA query_only=OFF")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_all(engine: Engine) -> None:
@@ -97,6 +114,34 @@ def session_factory(engine: Engine) -> SessionFactory:
         return Session(engine, expire_on_commit=False)
 
     return new_session
+
+
+def read_session_factory(engine: Engine) -> SessionFactory:
+    """Sessions for reads only: no write lock on SQLite, a READ ONLY transaction on PostgreSQL.
+
+    A write through one of them fails (SQLite: "attempt to write a readonly database";
+    PostgreSQL: "cannot execute ... in a read-only transaction") rather than taking a lock.
+    """
+    options: dict[str, Any] = {READ_ONLY: True}
+    if engine.dialect.name == "postgresql":
+        options["postgresql_readonly"] = True
+    reader = engine.execution_options(**options)
+
+    def new_session() -> Session:
+        return Session(reader, expire_on_commit=False)
+
+    return new_session
+
+
+@contextmanager
+def read_transaction(factory: SessionFactory) -> Iterator[Session]:
+    """A read-only session (from :func:`read_session_factory`) whose transaction ends with the block."""
+    with factory() as session:
+        try:
+            yield session
+        finally:
+            # Nothing to keep: rolling back ends the snapshot, so the next read sees new commits.
+            session.rollback()
 
 
 @contextmanager

@@ -15,7 +15,6 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
-import grpc
 import uvicorn
 from sqlalchemy import Engine
 
@@ -23,16 +22,17 @@ from cloud.api.app import create_app
 from cloud.artifacts import ArtifactStore
 from cloud.clock import Clock, utcnow
 from cloud.context import HubContext
-from cloud.db import SessionFactory, session_factory
+from cloud.db import SessionFactory, read_session_factory, session_factory
 from cloud.errors import HubError
+from cloud.rollouts.scheduler import RolloutScheduler
 from cloud.services import assignments, registry
 from cloud.services.director import Director
-from cloud.services.ingest import Ingestor
+from cloud.services.ingest import InboundMessage, Ingestor
 from cloud.services.signing import Signing
 from cloud.services.tokens import ensure_admin_token
 from cloud.settings import Settings
 from cloud.startup import HubStartError, bind_http_socket, open_database, probe_port
-from cloud.transport.grpc_server import GrpcServerError, bind_grpc_server, serve_artifacts
+from cloud.transport.grpc_server import ArtifactServer, GrpcServerError, bind_grpc_server, serve_artifacts
 from cloud.transport.mqtt import HubMqtt, check_broker
 from cloud.tuf import TufSettings, ensure_initialized, open_repository
 from cloud.tuf.scheduler import ResignScheduler
@@ -65,7 +65,7 @@ class Hub:
         self._started = threading.Event()
         self._stopped = False
         self._engine: Engine | None = None
-        self._grpc: grpc.Server | None = None
+        self._grpc: ArtifactServer | None = None
         self._grpc_port: int | None = None
         self._mqtt: HubMqtt | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -73,6 +73,7 @@ class Hub:
         self._api_url: str | None = None
         self.context: HubContext | None = None
         self._resigner: ResignScheduler | None = None
+        self._rollouts: RolloutScheduler | None = None
         # EDGEFLEET_TUF_* settings; tests and the demo hand in their own.
         self.tuf_settings = tuf_settings or TufSettings()
         self.ingestor: Ingestor | None = None
@@ -120,12 +121,9 @@ class Hub:
         store = ArtifactStore(s.resolved_artifact_dir())
         signing = self._open_signing(sessions)
 
-        def is_served(sha256: str) -> bool:
-            with sessions() as session:
-                if registry.is_registered_artifact(session, sha256):
-                    return True
-            return signing.repo.has_target_sha256(sha256)
-
+        # Read-only sessions: a download's check never waits on the write lock (cloud.db).
+        reads = read_session_factory(engine)
+        is_served = registry.ServedArtifacts(reads, also=signing.repo.has_target_sha256)
         serve_artifacts(self._grpc, store, is_served, metadata=signing.repo.metadata_file)
         endpoint = s.public_grpc_endpoint(self._grpc_port)
 
@@ -137,7 +135,7 @@ class Hub:
                     session, fleet=s.fleet, artifact_endpoint=endpoint, signing=signing
                 )
 
-        mqtt = self._mqtt = HubMqtt(s, on_batch=self.ingestor.ingest, desired_source=desired_source)
+        mqtt = self._mqtt = HubMqtt(s, on_batch=self._ingest_batch, desired_source=desired_source)
         signing.publisher = mqtt
         self.context = HubContext(
             settings=s,
@@ -153,6 +151,18 @@ class Hub:
         self._resigner = ResignScheduler(signing.repo, signing.director, sessions, signing.publish_all)
         self._resigner.start()
         self._start_api(self.context)
+        # Last, once every part it drives is up: it publishes, and the API kicks it.
+        self._rollouts = RolloutScheduler(self.context)
+        self.context.kick_rollouts = self._rollouts.kick
+        self._rollouts.start()
+
+    def _ingest_batch(self, messages: Sequence[InboundMessage]) -> None:
+        if self.ingestor is None:
+            raise RuntimeError("the ingestor is made in _start_parts before the broker delivers anything")
+        self.ingestor.ingest(messages)
+        if self._rollouts is not None:
+            # A rollback or a failed update may fail a gate: judged now, not at the next interval.
+            self._rollouts.kick_on_events(messages)
 
     def _open_signing(self, sessions: SessionFactory) -> Signing:
         """The update repository (created with a development root key on a first start, when allowed)."""
@@ -212,6 +222,9 @@ class Hub:
             self._stop_parts(timeout)
 
     def _stop_parts(self, timeout: float = 10.0) -> None:
+        # First: a tick must not publish through a transport that is going away.
+        if self._rollouts is not None:
+            self._rollouts.stop()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._api_thread is not None:

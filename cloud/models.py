@@ -11,7 +11,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Index, LargeBinary, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -81,7 +81,10 @@ class Device(SQLModel, table=True):
     agent_version: str = ""
     health: str = ""
     capabilities: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
-    labels: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    labels: dict[str, str] = Field(default_factory=dict, sa_type=JSON)  # as the device reports them
+    # Set by an operator (`fleet devices label`); wins over a reported label of the same key, and a
+    # None value hides that reported label. The merge of both is in DeviceLabel, where selectors match.
+    operator_labels: dict[str, str | None] = Field(default_factory=dict, sa_type=JSON)
     active_model_name: str | None = None
     active_model_version: str | None = None
     active_model_sha256: str | None = Field(default=None, max_length=64)
@@ -107,6 +110,39 @@ class Device(SQLModel, table=True):
     dropped_messages: int = Field(default=0, sa_type=BigInteger)
     first_seen: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_seen: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DeviceLabel(SQLModel, table=True):
+    """One effective label of a device: its reported labels merged with the operator's.
+
+    Written only when they change (by ingest, and by the label route), so label selectors run in
+    SQL as EXISTS over this table instead of reading every device's JSON into Python.
+    """
+
+    __tablename__ = "device_label"
+    __table_args__ = (Index("ix_device_label_key_value", "key", "value"),)
+
+    device_id: str = Field(primary_key=True, foreign_key="device.id", max_length=128)
+    key: str = Field(primary_key=True, max_length=128)
+    value: str = Field(max_length=256)
+
+
+class Cohort(SQLModel, table=True):
+    """A named set of devices of a fleet: a label selector, an explicit device list, or both (union).
+
+    Membership is evaluated at each query, so a device that joins later and matches is a member.
+    """
+
+    __tablename__ = "cohort"
+    __table_args__ = (UniqueConstraint("fleet", "name", name="uq_cohort_fleet_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    fleet: str = Field(index=True, max_length=128)
+    name: str = Field(max_length=64)
+    selector: str = ""  # canonical text (str(Selector)); "" when the cohort is a list only
+    devices: list[str] = Field(default_factory=list, sa_type=JSON)
+    description: str = ""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class ModelVersion(SQLModel, table=True):
@@ -375,3 +411,75 @@ class ModelVariant(SQLModel, table=True):
     derived_from: str | None = Field(default=None, max_length=32)
     is_baseline: bool = False
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- Staged rollouts: the persisted state machine, the devices it offered, its history ------------
+
+
+class Rollout(SQLModel, table=True):
+    """A staged rollout of one model or firmware version; ``state`` is a ``RolloutState`` value.
+
+    ``lease_owner``/``lease_until``: the hub replica advancing the rollout right now. A step takes
+    the lease in one transaction and works in the next ones (signing commits on its own), so the
+    lease, not a row lock, keeps a second replica out; it expires so a crashed replica's is taken over.
+    """
+
+    __tablename__ = "rollout"
+
+    id: str = Field(primary_key=True, max_length=32)
+    fleet: str = Field(index=True, max_length=128)
+    name: str = Field(max_length=128)
+    target_kind: str = Field(max_length=16)  # "model" or "firmware"
+    target_name: str = Field(max_length=64)
+    target_version: str = Field(max_length=64)
+    # The validated plan (RolloutPlan.model_dump(mode="json")).
+    plan: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    state: str = Field(default="draft", index=True, max_length=24)
+    stage: int = 0
+    stage_entered_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # When the rollout entered its current state: bake time counts from entering "baking".
+    state_entered_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # When the engine next has something to do (a closed window opens, the rate allows one more).
+    next_action_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    next_action: str = ""
+    created_by: str = Field(default="", max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    superseded_by: str | None = Field(default=None, max_length=32)
+    lease_owner: str = Field(default="", max_length=64)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class RolloutDevice(SQLModel, table=True):
+    """A device a rollout holds: offered the target in ``stage``, and what to give back on abort."""
+
+    __tablename__ = "rollout_device"
+
+    rollout_id: str = Field(primary_key=True, foreign_key="rollout.id", max_length=32)
+    device_id: str = Field(primary_key=True, index=True, max_length=128)
+    stage: int = 0
+    offered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # What the device ran before: {"model_version_id", "variant_id", "name", "version"} for a model
+    # target, {"firmware_image_id", "version"} for firmware; {} when it ran nothing the hub knows.
+    previous: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    outcome: str = Field(default="", max_length=16)  # "", committed, rolled_back, failed, restored
+
+
+class RolloutTransition(SQLModel, table=True):
+    """One step of a rollout's state machine: who (``system`` for the engine), why, and the figures."""
+
+    __tablename__ = "rollout_transition"
+    __table_args__ = (UniqueConstraint("rollout_id", "seq", name="uq_rollout_transition_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: str = Field(index=True, foreign_key="rollout.id", max_length=32)
+    seq: int
+    at: datetime = Field(sa_type=UTCDateTime)
+    from_state: str = Field(max_length=24)
+    to_state: str = Field(max_length=24)
+    event: str = Field(max_length=32)
+    stage: int = 0
+    actor: str = Field(default="system", max_length=64)
+    reason: str = ""
+    # The stage figures and gate results that caused it ({} for an operator's action).
+    figures: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     # instead of growing the hub's memory without limit.
     ingest_queue_size: int = Field(default=10_000, gt=0)
     ingest_batch_size: int = Field(default=500, gt=0)
+    # How long ingest waits for more messages to store with the first of a batch: a transaction per
+    # message costs several times what a message itself does (see docs/benchmarks.md).
+    ingest_linger_s: float = Field(default=0.05, ge=0, le=5)
+    # How often the rollout engine advances every active rollout (it is also kicked on mutations).
+    rollout_tick_s: float = Field(default=2.0, gt=0)
 
     @field_validator("fleet")
     @classmethod

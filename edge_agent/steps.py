@@ -47,6 +47,9 @@ from edge_agent.update_machine import UpdateEvent
 from edge_agent.verify import ArtifactVerifier
 from edgefleet_proto.v1 import common_pb2, desired_pb2, event_pb2, profile_pb2
 
+# The gate named in the verdict of a trial the hub withdrew (a newer desired state names another version).
+WITHDRAWN = "withdrawn"
+
 __all__ = ["Attempt", "Reporter", "Steps", "profile_ref"]
 
 log = logging.getLogger(__name__)
@@ -155,8 +158,8 @@ class Steps:
     update: UpdateConfig
     logger: Log
     on_change: Callable[[], None]
-    # The newest generation waiting behind the one in flight (a trial ends early for it).
-    pending_generation: Callable[[], int]
+    # The newest desired state waiting behind the one in flight (a trial is withdrawn for it).
+    pending: Callable[[], desired_pb2.DesiredState | None]
     wake: asyncio.Event
     last_failure: str = ""
 
@@ -371,10 +374,22 @@ class Steps:
             attempt.verdict = Verdict(True, "none", "trials are disabled on this device")
             return E.PASS
         while session.verdict is None:
-            newer = self.pending_generation()
-            if newer > attempt.generation:
-                session.finish(f"the trial was cut short by generation {newer}")
-                break
+            newer = self.pending()
+            if newer is not None and _withdraws(newer, attempt):
+                # A version that has not finished its trial never becomes the rollback target: the hub
+                # changed its mind (an operator's assignment, a rollout restoring the previous version),
+                # so the candidate is set aside unjudged and the next desired state is applied from the
+                # version that served before it.
+                attempt.verdict = Verdict(
+                    False,
+                    WITHDRAWN,
+                    f"withdrawn by generation {newer.generation}, which names "
+                    f"{newer.model.name}:{newer.model.version}"
+                    if newer.HasField("model")
+                    else f"withdrawn by generation {newer.generation}",
+                )
+                return E.REJECT
+            remaining = None if session.deadline is None else session.deadline - self.clock.monotonic()
             remaining = None if session.deadline is None else session.deadline - self.clock.monotonic()
             if remaining is not None and remaining <= 0:
                 session.finish("time")
@@ -428,6 +443,8 @@ class Steps:
         session = attempt.session
         if session is not None:
             session.rollback_now()
+        if verdict.gate == WITHDRAWN:
+            return self._withdraw(attempt, verdict)
         saved = self.state.state
         refusal = Refusal(
             sha256=ref.sha256,
@@ -470,10 +487,47 @@ class Steps:
         release_free_memory()  # the refused version's session is gone
         return event
 
+    def _withdraw(self, attempt: Attempt, verdict: Verdict) -> UpdateEvent:
+        """Set a withdrawn trial aside: the previous version serves, nothing is refused."""
+        ref = attempt.ref
+        saved = self.state.state
+        event = E.DONE
+        try:
+            # The withdrawn generation counts as applied: the newer one waiting is what comes next.
+            self.state.update(
+                trial=None, update=None, applied_generation=max(saved.applied_generation, attempt.generation)
+            )
+        except StateFileError as e:
+            self.report(K.EVENT_KIND_ERROR, f"cannot record the withdrawal: {e}", model=ref)
+            event = E.FAIL
+        reason = f"{ref.name}:{ref.version} set aside: {verdict.reason}"
+        self.logger.info("%s", reason)
+        details: dict[str, DetailValue] = {}
+        if saved.active is not None:
+            details["serving"] = f"{saved.active.name}:{saved.active.version}"
+        self.report(
+            K.EVENT_KIND_TRIAL_WITHDRAWN,
+            reason,
+            model=ref,
+            generation=attempt.generation,
+            details=details or None,
+        )
+        self._prune(saved.active, saved.previous)
+        self.on_change()
+        release_free_memory()
+        return event
+
     def _prune(self, *keep: common_pb2.ModelRef | None) -> None:
         removed = self.store.prune(keep_set(*keep))
         if removed:
             self.logger.info("pruned artifacts: %s", ", ".join(removed))
+
+
+def _withdraws(newer: desired_pb2.DesiredState, attempt: Attempt) -> bool:
+    """Whether a newer desired state takes the trial's version away (not: the same artifact again)."""
+    if newer.generation <= attempt.generation:
+        return False
+    return not (newer.HasField("model") and newer.model.sha256 == attempt.ref.sha256)
 
 
 async def _first_of(a: asyncio.Event, b: asyncio.Event, *, timeout: float | None) -> None:

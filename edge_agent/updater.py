@@ -135,7 +135,7 @@ class Updater:
             update=self._update,
             logger=logger,
             on_change=on_change,
-            pending_generation=lambda: self._pending.generation if self._pending is not None else 0,
+            pending=lambda: self._pending,
             wake=self._wake,
         )
         self._table: dict[UpdateState, Callable[[Attempt], Awaitable[UpdateEvent]]] = {

@@ -8,6 +8,7 @@ from cloud.api.errors import install_error_handlers
 from cloud.api.routes import (
     assignments,
     bundles,
+    cohorts,
     devices,
     experiments,
     firmware,
@@ -15,6 +16,7 @@ from cloud.api.routes import (
     keys,
     models,
     rollbacks,
+    rollouts,
     tokens,
     tuf,
 )
@@ -40,5 +42,7 @@ def create_app(ctx: HubContext) -> FastAPI:
         api.include_router(module.router)
     for module in (experiments, bundles):  # the optimization pipeline: runs, bundles, variants
         api.include_router(module.router)
+    api.include_router(cohorts.router)  # named sets of devices, by labels or by list
+    api.include_router(rollouts.router)  # staged rollouts over cohorts, judged by gates
     app.include_router(api)
     return app

@@ -11,14 +11,17 @@ from typing import Annotated, Any
 
 import typer
 
+from cloud.cli import cohorts as cli_cohorts
 from cloud.cli import devices as cli_devices
 from cloud.cli import firmware as cli_firmware
 from cloud.cli import keys as cli_keys
 from cloud.cli import rollbacks as cli_rollbacks
+from cloud.cli import rollouts as cli_rollouts
 from cloud.cli import train as cli_train
 from cloud.cli.common import (
     EXIT_CODES_HELP,
     Col,
+    FriendlyGroup,
     HubUrl,
     Output,
     OutputOpt,
@@ -26,6 +29,8 @@ from cloud.cli.common import (
     console,
     data_dir,
     example,
+    hub_call,
+    json_out,
     package_version,
     short_prefixes,
     table,
@@ -36,19 +41,23 @@ from cloud.cli.common import print_json as _print_json
 from cloud.client.hub import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 app = typer.Typer(
+    cls=FriendlyGroup,
     help="edgefleet hub and fleet CLI.",
     no_args_is_help=True,
     add_completion=True,
     epilog=example("fleet hub", "fleet models ls", "fleet devices show cam-01") + "\n\n" + EXIT_CODES_HELP,
 )
 models_app = typer.Typer(
+    cls=FriendlyGroup,
     help="Register, optimize, list and show model versions.",
     no_args_is_help=True,
     epilog=example("fleet models ls", "fleet models show digits-mlp 1.0.0"),
 )
 app.add_typer(models_app, name="models")
-app.add_typer(cli_devices.devices_app, name="devices")  # fleet devices ls|show
+app.add_typer(cli_devices.devices_app, name="devices")  # fleet devices ls|show|label
+app.add_typer(cli_cohorts.cohorts_app, name="cohorts")  # fleet cohorts create|ls|show|rm
 app.add_typer(cli_rollbacks.rollbacks_app, name="rollbacks")  # fleet rollbacks ls
+app.add_typer(cli_rollouts.rollouts_app, name="rollouts")  # fleet rollouts create|ls|show|watch|pause|...
 cli_train.register(app, models_app)  # fleet train, fleet models optimize|show, fleet experiments
 app.add_typer(cli_keys.keys_app, name="keys")  # fleet keys init|rotate|sign|status|root
 app.add_typer(cli_firmware.firmware_app, name="firmware")  # fleet firmware build|delta|push|ls|assign
@@ -146,13 +155,8 @@ def models_ls(
     output: OutputOpt = Output.table,
 ) -> None:
     """List registered model versions."""
-    try:
-        with _client(hub_url, token) as c:
-            rows = c.list_models(name)
-    except HubError as e:
-        raise _fail(e) from e
-    if output is Output.json:
-        _print_json(rows)
+    rows = hub_call(hub_url, token, lambda c: c.list_models(name))
+    if json_out(output, rows):
         return
     # Versions are typed back into `fleet models show`: shown whole. Digests as git shows hashes.
     digests = short_prefixes(m["sha256"] for m in rows)
@@ -186,6 +190,7 @@ def _when(value: Any) -> str:
     epilog=example(
         "fleet assign --model digits-mlp --version 1.0.0 --device cam-01 --device cam-02",
         "fleet assign --model digits-mlp --version 1.0.0 --label site=lab",
+        "fleet assign --model digits-mlp --version 1.0.0 --label 'site in (lab,office),!retired'",
     )
 )
 def assign(
@@ -196,7 +201,11 @@ def assign(
     ] = None,
     label: Annotated[
         str | None,
-        typer.Option(metavar="KEY=VALUE", help="Assign to every device with this label."),
+        typer.Option(
+            metavar="SELECTOR",
+            help="Assign to every device whose labels match: key=value, key!=value, key in (a,b), "
+            "key notin (a,b), key, !key; comma-separated requirements must all hold.",
+        ),
     ] = None,
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
@@ -204,15 +213,14 @@ def assign(
 ) -> None:
     """Assign a model version to devices: the hub publishes their new desired state."""
     if not device and label is None:
-        raise usage_error("give --device ID (repeatable) or --label KEY=VALUE")
+        raise usage_error("give --device ID (repeatable) or --label SELECTOR")
     if device and label is not None:
         raise usage_error("--device and --label are exclusive: give one of them")
-    selector: dict[str, str] | None = None
+    selector: str | None = None
     if label is not None:
-        key, sep, value = label.partition("=")
-        if not sep or not key:
-            raise usage_error(f"--label: expected KEY=VALUE; got {label!r}")
-        selector = {key: value}
+        selector = cli_cohorts.check_selector(label, "--label")
+        if not selector:
+            raise usage_error("--label: expected a selector with at least one requirement, got none")
     try:
         with _client(hub_url, token) as c:
             result = c.assign(model=model, version=version, devices=device, selector=selector)
@@ -277,6 +285,15 @@ def simulate(
         Path | None,
         typer.Option(metavar="FILE", help="Factory firmware bundle written to slot a at first start."),
     ] = None,
+    trial_window: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            metavar="SECONDS",
+            help="Seconds a new version is on trial at most (default: the agent's, 60); an idle device "
+            "keeps a version once its window has passed without evidence against it.",
+        ),
+    ] = None,
 ) -> None:
     """Run N real agents in one process (each with its own state folder) until interrupted."""
     # The agent is a separate program: the hub never imports it, it runs it.
@@ -322,6 +339,8 @@ def simulate(
         argv += ["--firmware-hardware", firmware_hardware]
     if firmware_factory is not None:
         argv += ["--firmware-factory", str(firmware_factory)]
+    if trial_window is not None:
+        argv += ["--trial-window", f"{trial_window:g}"]
     os.execv(sys.executable, argv)  # noqa: S606 - argv is built here, no shell
 
 

@@ -5,24 +5,26 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, get_args
 
 import typer
 from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from cloud.client.hub import HubError, HubUnreachableError
+from cloud.client.hub import HubClient, HubError, HubUnreachableError, resolve_token
 
 __all__ = [
     "EXIT_CODES_HELP",
     "Col",
     "ExitCode",
+    "FriendlyGroup",
     "HubUrl",
     "Output",
     "OutputOpt",
@@ -33,12 +35,16 @@ __all__ = [
     "example",
     "exit_code_for",
     "fail",
+    "hub_call",
+    "json_out",
     "package_version",
     "print_json",
     "short_prefixes",
     "table",
     "usage_error",
 ]
+
+T = TypeVar("T")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -226,3 +232,77 @@ def table(columns: Sequence[Col], rows: Sequence[Sequence[str]], *, title: str |
     for r in rows:
         out.add_row(*(escape(r[i]) for i in keep))
     return out
+
+
+# typer names an option without a metavar by its Python type (<int>, <bool>, list[str]); these are the
+# words a person reads instead.
+_VALUE_NAMES = {"int": "N", "float": "NUMBER", "str": "TEXT", "datetime": "TIME"}
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+def _friendly_metavar(param: Any) -> None:
+    """Name what an option takes in words (N, NUMBER, PATH), not as a Python type."""
+    if getattr(param, "param_type_name", "") == "argument":
+        # typer prints an argument's type beside its name (RUN <str>); the name alone says it.
+        param.display_type_rich = _no_type
+    if getattr(param, "metavar", None) is not None:
+        return
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        param.metavar = ""  # a flag takes no value
+        return
+    desc = getattr(param, "type_descriptor", None)
+    if desc is None or desc.is_choice:
+        return  # choices are shown as themselves, e.g. <table|json>
+    if getattr(param, "param_type_name", "") == "argument" and param.name:
+        name = str(param.name).upper()
+    elif desc.is_path:
+        name = "PATH"
+    elif desc.is_ranged:
+        name = _VALUE_NAMES.get(desc.ranged_type_name, "VALUE")
+    else:
+        element = get_args(desc.annotation)[0] if desc.is_list else desc.annotation
+        name = _VALUE_NAMES.get(getattr(element, "__name__", ""), "VALUE")
+    param.metavar = name + (
+        "..." if desc.is_list and getattr(param, "param_type_name", "") == "argument" else ""
+    )
+
+
+class FriendlyGroup(TyperGroup):
+    """A command group whose commands (and its own options) show value names, not Python types.
+
+    Set on every ``typer.Typer`` of the CLI: as click resolves a command through its group, the
+    group names each parameter's value, so every help page reads the same however it is reached.
+    """
+
+    def get_params(self, ctx: Any) -> Any:
+        params = super().get_params(ctx)
+        for param in params:
+            _friendly_metavar(param)
+        return params
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            for param in command.get_params(ctx):
+                _friendly_metavar(param)
+        return command
+
+
+def hub_call(hub_url: str, token: str | None, call: Callable[[HubClient], T]) -> T:
+    """One request to the hub; a refusal or an unreachable hub ends the command (see ExitCode)."""
+    try:
+        with HubClient(hub_url, resolve_token(token)) as client:
+            return call(client)
+    except HubError as e:
+        raise fail(e) from e
+
+
+def json_out(output: Output, data: Any) -> bool:
+    """Print ``data`` as JSON when the command was asked for JSON; True when that was all to do."""
+    if output is Output.json:
+        print_json(data)
+        return True
+    return False

@@ -1,4 +1,4 @@
-"""`fleet devices ls|show`: the devices as the hub knows them."""
+"""`fleet devices ls|show|label`: the devices as the hub knows them, and the labels operators give them."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from cloud.cli.common import (
     Col,
+    FriendlyGroup,
     HubUrl,
     Output,
     OutputOpt,
@@ -17,17 +18,26 @@ from cloud.cli.common import (
     console,
     example,
     fail,
+    hub_call,
+    json_out,
     print_json,
     table,
+    usage_error,
 )
+from cloud.cli.paging import AllOpt, CursorOpt, LimitOpt, fetch_rows, note_more
 from cloud.client.hub import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
-__all__ = ["devices_app", "model_label", "trial_label"]
+__all__ = ["devices_app", "model_label", "parse_label_args", "trial_label"]
 
 devices_app = typer.Typer(
-    help="List and inspect devices.",
+    cls=FriendlyGroup,
+    help="List and inspect devices, and label them.",
     no_args_is_help=True,
-    epilog=example("fleet devices ls --state online", "fleet devices show cam-01"),
+    epilog=example(
+        "fleet devices ls --state online",
+        "fleet devices show cam-01",
+        "fleet devices label cam-01 tier=canary",
+    ),
 )
 
 
@@ -59,25 +69,50 @@ def _seen(value: Any) -> str:
 
 
 @devices_app.command(
-    "ls", epilog=example("fleet devices ls", "fleet devices ls --state offline --label site=lab -o json")
+    "ls",
+    epilog=example(
+        "fleet devices ls",
+        "fleet devices ls --state offline --label site=lab -o json",
+        "fleet devices ls --label 'site in (lab,office),!retired' --all",
+    ),
 )
 def devices_ls(
     state: Annotated[State | None, typer.Option(help="Only devices in this state.")] = None,
     label: Annotated[
-        str | None, typer.Option(metavar="KEY=VALUE", help="Only devices with this label.")
+        str | None,
+        typer.Option(
+            metavar="SELECTOR",
+            help="Only devices whose labels match: key=value, key!=value, key in (a,b), key notin (a,b), "
+            "key, !key; comma-separated requirements must all hold.",
+        ),
     ] = None,
+    limit: LimitOpt = None,
+    cursor: CursorOpt = None,
+    every: AllOpt = False,
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """List devices known to the hub."""
+    """List devices known to the hub, by id, a page at a time (--all for every page)."""
+    if label is not None:
+        from cloud.cli.cohorts import check_selector
+
+        label = check_selector(label, "--label")
     try:
         with HubClient(hub_url, resolve_token(token)) as c:
-            rows = c.list_devices(state=state.value if state else None, label=label)
+            rows, more = fetch_rows(
+                lambda n, at: c.devices_page(
+                    state=state.value if state else None, label=label, limit=n, cursor=at
+                ),
+                limit=limit,
+                cursor=cursor,
+                every=every,
+            )
     except HubError as e:
         raise fail(e) from e
     if output is Output.json:
         print_json(rows)
+        note_more(more, "fleet devices ls")
         return
     columns = [
         Col("device", typed=True),
@@ -107,6 +142,7 @@ def devices_ls(
         for d in rows
     ]
     console.print(table(columns, cells, title=f"{len(rows)} device(s)"))
+    note_more(more, "fleet devices ls")
 
 
 @devices_app.command(
@@ -121,13 +157,8 @@ def devices_show(
     output: OutputOpt = Output.table,
 ) -> None:
     """Show one device: its state, models, trial, firmware, recent events, rollbacks and telemetry."""
-    try:
-        with HubClient(hub_url, resolve_token(token)) as c:
-            device = c.device(device_id)
-    except HubError as e:
-        raise fail(e) from e
-    if output is Output.json:
-        print_json(device)
+    device = hub_call(hub_url, token, lambda c: c.device(device_id))
+    if json_out(output, device):
         return
     _print_device(device)
 
@@ -200,3 +231,73 @@ def _print_device(d: dict[str, Any]) -> None:
             f"(window ending {_seen(window.get('window_end'))})",
             soft_wrap=True,
         )
+
+
+def parse_label_args(items: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    """``KEY=VALUE`` sets (``KEY=-`` hides the reported label), ``KEY-`` drops the operator's entry."""
+    changes: dict[str, str | None] = {}
+    removed: list[str] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if sep and key:
+            changes[key] = value
+        elif not sep and len(item) > 1 and item.endswith("-"):
+            removed.append(item[:-1])
+        else:
+            raise usage_error(f"expected KEY=VALUE, KEY=- or KEY-; got {item!r}")
+    return changes, removed
+
+
+@devices_app.command(
+    "label",
+    epilog=example(
+        "fleet devices label cam-01 tier=canary site=lab   # set (wins over what the device reports)",
+        "fleet devices label cam-01 tier-                  # drop it: the reported value counts again",
+        "fleet devices label cam-01 site=-                 # hide the label the device reports",
+        "fleet devices label cam-01 --replace ring=1       # these are now its only operator labels",
+    ),
+)
+def devices_label(
+    device_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Device id, or a unique prefix of one.", show_default=False)
+    ],
+    changes: Annotated[
+        list[str] | None,
+        # Described in the docstring: the help's argument table would name it by its Python type.
+        typer.Argument(metavar="KEY=VALUE|KEY=-|KEY-", hidden=True, show_default=False),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace all of the device's operator labels with these.")
+    ] = False,
+    hub_url: HubUrl = DEFAULT_HUB_URL,
+    token: Token = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Set or drop a device's operator labels; they win over the labels the device reports.
+
+    After ID: KEY=VALUE sets, KEY=- hides the reported label, KEY- drops yours (the reported one returns).
+    """
+    updates, removed = parse_label_args(changes or [])
+    if replace and removed:
+        raise usage_error("--replace takes KEY=VALUE only: the labels not given are dropped anyway")
+    if not replace and not updates and not removed:
+        raise usage_error("give KEY=VALUE to set, KEY=- to hide or KEY- to drop a label (or --replace)")
+    try:
+        with HubClient(hub_url, resolve_token(token)) as c:
+            if replace:
+                result = c.replace_device_labels(device_id, updates)
+            else:
+                result = c.set_device_labels(device_id, set_labels=updates, remove=removed)
+    except HubError as e:
+        raise fail(e) from e
+    if output is Output.json:
+        print_json(result)
+        return
+    operator = result.get("operator_labels") or {}
+    shown = [
+        f"{k}={v}" + (" (operator)" if k in operator else "") for k, v in sorted(result["labels"].items())
+    ]
+    hidden = sorted(k for k, v in operator.items() if v is None)
+    console.print(f"{escape(result['device_id'])}: {escape(', '.join(shown) or 'no labels')}", soft_wrap=True)
+    if hidden:
+        console.print(f"hidden reported labels: {escape(', '.join(hidden))}", soft_wrap=True)

@@ -12,7 +12,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cloud.cli.common import HubUrl, Output, OutputOpt, Token, console, err_console, example, usage_error
+from cloud.cli.common import (
+    FriendlyGroup,
+    HubUrl,
+    Output,
+    OutputOpt,
+    Token,
+    console,
+    err_console,
+    example,
+    usage_error,
+)
 from cloud.cli.common import fail as _fail
 from cloud.client.hub import HubError, resolve_token
 from cloud.client.signing import SigningClient
@@ -21,6 +31,7 @@ from firmware_images.build import build_bundle, build_delta, load_bundle
 from firmware_images.format import BundleError
 
 firmware_app = typer.Typer(
+    cls=FriendlyGroup,
     help="Firmware images: signed bundles, deltas, A/B installs.",
     no_args_is_help=True,
     epilog=example("fleet firmware ls", "fleet firmware push fw-1.2.0.efw"),

@@ -18,7 +18,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cloud.cli.common import HubUrl, Output, OutputOpt, Token, console, err_console, example, usage_error
+from cloud.cli.common import (
+    FriendlyGroup,
+    HubUrl,
+    Output,
+    OutputOpt,
+    Token,
+    console,
+    err_console,
+    example,
+    usage_error,
+)
 from cloud.cli.common import fail as _fail
 from cloud.client.hub import HubError, resolve_token
 from cloud.client.signing import SigningClient
@@ -27,6 +37,7 @@ from cloud.tuf.keys import KeyDir
 from cloud.tuf.offline import describe_root, generate_root_keys, key_to_dict, sign_root_json
 
 keys_app = typer.Typer(
+    cls=FriendlyGroup,
     help="The update repository's signing keys.",
     no_args_is_help=True,
     epilog=example("fleet keys status", "fleet keys init --root-dir /media/usb/root --keys 3 --threshold 2"),

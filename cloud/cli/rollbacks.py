@@ -10,10 +10,22 @@ from typing import Annotated
 
 import typer
 
-from cloud.cli.common import Col, HubUrl, Output, OutputOpt, Token, console, example, fail, table
+from cloud.cli.common import (
+    Col,
+    FriendlyGroup,
+    HubUrl,
+    Output,
+    OutputOpt,
+    Token,
+    console,
+    example,
+    fail,
+    table,
+)
 from cloud.client.hub import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 rollbacks_app = typer.Typer(
+    cls=FriendlyGroup,
     help="Versions devices rolled back on their own; the hub does not offer them to those devices again.",
     no_args_is_help=True,
     epilog=example("fleet rollbacks ls", "fleet rollbacks ls --device cam-01"),

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from cloud.cli.common import (
     Col,
+    FriendlyGroup,
     HubUrl,
     Output,
     OutputOpt,
@@ -34,6 +35,8 @@ from cloud.cli.common import (
     data_dir,
     err_console,
     example,
+    hub_call,
+    json_out,
     short_prefixes,
     table,
 )
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["experiments_app", "models_optimize", "models_show", "register", "train"]
 
 experiments_app = typer.Typer(
+    cls=FriendlyGroup,
     help="Training runs and their lineage.",
     no_args_is_help=True,
     epilog=example("fleet experiments ls", "fleet experiments show 4d85a1c2"),
@@ -314,13 +318,8 @@ def models_show(
     output: OutputOpt = Output.table,
 ) -> None:
     """Show a version's variants, the ones its gates kept out, its profile and lineage."""
-    try:
-        with _client(hub_url, token) as c:
-            bundle = c.bundle(name, version)
-    except HubError as e:
-        raise _fail(e) from e
-    if output is Output.json:
-        _print_json(bundle)
+    bundle = hub_call(hub_url, token, lambda c: c.bundle(name, version))
+    if json_out(output, bundle):
         return
     variants = Table(
         "variant",
@@ -368,13 +367,8 @@ def experiments_ls(
     output: OutputOpt = Output.table,
 ) -> None:
     """List training runs, newest first."""
-    try:
-        with _client(hub_url, token) as c:
-            rows = c.list_experiments(name, limit)
-    except HubError as e:
-        raise _fail(e) from e
-    if output is Output.json:
-        _print_json(rows)
+    rows = hub_call(hub_url, token, lambda c: c.list_experiments(name, limit))
+    if json_out(output, rows):
         return
     # Run ids as git shows hashes: the shortest unique prefix, which `experiments show` accepts.
     runs = short_prefixes(r["run_id"] for r in rows)
@@ -421,13 +415,8 @@ def experiments_show(
     output: OutputOpt = Output.table,
 ) -> None:
     """Show one training run: params, metrics, data set, code revision, and the versions it produced."""
-    try:
-        with _client(hub_url, token) as c:
-            run = c.experiment(run_id)
-    except HubError as e:
-        raise _fail(e) from e
-    if output is Output.json:
-        _print_json(run)
+    run = hub_call(hub_url, token, lambda c: c.experiment(run_id))
+    if json_out(output, run):
         return
     console.print(f"[bold]{run['name']}[/] run {run['run_id']}")
     for key in (

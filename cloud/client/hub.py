@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,33 @@ class HubClient:
         return list(self._request("GET", "/api/v1/models", params=params)["data"])
 
     def list_devices(self, *, state: str | None = None, label: str | None = None) -> list[dict[str, Any]]:
-        params = {k: v for k, v in {"state": state, "label": label}.items() if v}
-        return list(self._request("GET", "/api/v1/devices", params=params)["data"])
+        """Every device matching the filters (``label`` is a selector), following the pages to the end."""
+        return self._all_pages(lambda cursor: self.devices_page(state=state, label=label, cursor=cursor))
+
+    def devices_page(
+        self,
+        *,
+        state: str | None = None,
+        label: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of devices: ``data``, ``count`` and ``next_cursor`` (None on the last page)."""
+        given = {"state": state, "label": label, "limit": limit, "cursor": cursor}
+        params = {k: v for k, v in given.items() if v}
+        result: dict[str, Any] = self._request("GET", "/api/v1/devices", params=params)
+        return result
+
+    @staticmethod
+    def _all_pages(fetch: Callable[[str | None], dict[str, Any]]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = fetch(cursor)
+            rows.extend(page["data"])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return rows
 
     def device(self, device_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/api/v1/devices/{device_id}")
@@ -126,8 +152,9 @@ class HubClient:
         model: str,
         version: str,
         devices: list[str] | None = None,
-        selector: dict[str, str] | None = None,
+        selector: dict[str, str] | str | None = None,
     ) -> dict[str, Any]:
+        """``selector``: ``{key: value}`` pairs, or a selector's text such as ``"site in (a,b),!retired"``."""
         if bool(devices) == bool(selector):
             raise HubError("assign needs either device ids or a label selector, not both and not neither")
         body: dict[str, Any] = {"model": model, "version": version}
@@ -177,6 +204,101 @@ class HubClient:
     def bundle(self, name: str, version: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/api/v1/models/{name}/{version}/bundle")
         return result
+
+    # --- rollouts ------------------------------------------------------------------------
+
+    def create_rollout(
+        self, plan: str | bytes, *, content_type: str = "application/yaml", supersede: bool = False
+    ) -> dict[str, Any]:
+        """Start a rollout from a plan's YAML or JSON text; the answer is the rollout's full view."""
+        result: dict[str, Any] = self._request(
+            "POST",
+            "/api/v1/rollouts",
+            content=plan.encode("utf-8") if isinstance(plan, str) else plan,
+            headers={"Content-Type": content_type},
+            params={"supersede": "true"} if supersede else {},
+        )
+        return result
+
+    def list_rollouts(
+        self, *, state: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page, newest first: ``data``, ``count`` and ``next_cursor`` (None on the last page)."""
+        params = {k: v for k, v in {"state": state, "limit": limit, "cursor": cursor}.items() if v}
+        result: dict[str, Any] = self._request("GET", "/api/v1/rollouts", params=params)
+        return result
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/api/v1/rollouts/{rollout_id}")
+        return result
+
+    def rollout_action(self, rollout_id: str, action: str, *, reason: str = "") -> dict[str, Any]:
+        """pause, resume, approve, abort or rollback; the answer is the rollout's view afterwards."""
+        result: dict[str, Any] = self._request(
+            "POST", f"/api/v1/rollouts/{rollout_id}/{action}", json={"reason": reason}
+        )
+        return result
+
+    # --- device labels and cohorts ------------------------------------------------------------
+
+    def set_device_labels(
+        self,
+        device_id: str,
+        *,
+        set_labels: dict[str, str | None] | None = None,
+        remove: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Set operator labels (None or "-" hides a reported one) and drop others; returns all three sets."""
+        body = {"set": set_labels or {}, "remove": remove or []}
+        result: dict[str, Any] = self._request("PATCH", f"/api/v1/devices/{device_id}/labels", json=body)
+        return result
+
+    def replace_device_labels(self, device_id: str, labels: dict[str, str | None]) -> dict[str, Any]:
+        result: dict[str, Any] = self._request(
+            "PUT", f"/api/v1/devices/{device_id}/labels", json={"labels": labels}
+        )
+        return result
+
+    def create_cohort(
+        self,
+        name: str,
+        *,
+        selector: str | None = None,
+        devices: list[str] | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "description": description}
+        if selector is not None:
+            body["selector"] = selector
+        if devices:
+            body["devices"] = devices
+        result: dict[str, Any] = self._request("POST", "/api/v1/cohorts", json=body)
+        return result
+
+    def cohorts_page(self, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """One page of cohorts: ``data``, ``count`` and ``next_cursor`` (None on the last page)."""
+        params = {k: v for k, v in {"limit": limit, "cursor": cursor}.items() if v}
+        result: dict[str, Any] = self._request("GET", "/api/v1/cohorts", params=params)
+        return result
+
+    def list_cohorts(self) -> list[dict[str, Any]]:
+        return self._all_pages(lambda cursor: self.cohorts_page(cursor=cursor))
+
+    def cohort(self, name: str, *, members: int | None = None) -> dict[str, Any]:
+        """A cohort with its member count and first ``members`` members."""
+        params = {"members": members} if members else {}
+        result: dict[str, Any] = self._request("GET", f"/api/v1/cohorts/{name}", params=params)
+        return result
+
+    def cohort_members_page(
+        self, name: str, *, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        params = {k: v for k, v in {"limit": limit, "cursor": cursor}.items() if v}
+        result: dict[str, Any] = self._request("GET", f"/api/v1/cohorts/{name}/members", params=params)
+        return result
+
+    def delete_cohort(self, name: str) -> None:
+        self._request("DELETE", f"/api/v1/cohorts/{name}")
 
 
 def _detail(response: httpx.Response) -> str:

@@ -15,7 +15,7 @@ will not offer that version to those devices again.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,9 +135,15 @@ def run_rollback_step(
     workdir: Path,
     out: Console,
     timeout: float = 60.0,
+    only: Collection[str] | None = None,
+    offer: Callable[[str, list[str]], str] | None = None,
 ) -> dict[str, Any]:
     """Push and assign the bad version to the ONNX devices in ``sockets``, drive traffic, check that
-    every one rolled back on its own; returns a summary. ``good_version`` is the one serving now."""
+    every one rolled back on its own; returns a summary. ``good_version`` is the one serving now.
+
+    ``only``: take only these devices (a rollout's canary); ``offer(bad_version, devices)``: how the
+    bad version reaches them (default: an assignment), returning the line to print.
+    """
     good = next((m for m in client.list_models(name) if m["version"] == good_version), None)
     if good is None:
         raise RollbackStepError(f"model {name}:{good_version} is not registered")
@@ -152,11 +158,14 @@ def run_rollback_step(
         for d in client.list_devices()
         if any(str(r).startswith("onnxruntime/") for r in d.get("capabilities", {}).get("runtimes", []))
     }
-    targets = sorted(d for d in sockets if d in onnx_devices)
+    targets = sorted(d for d in sockets if d in onnx_devices and (only is None or d in only))
     if not targets:
         raise RollbackStepError(f"none of the devices with a local API ({sorted(sockets)}) runs ONNX")
-    client.assign(model=name, version=bad_version, devices=targets)
-    out.print(f"[bold]assign[/]   {name}:{bad_version} -> {', '.join(targets)} (they take traffic)")
+    if offer is None:
+        client.assign(model=name, version=bad_version, devices=targets)
+        out.print(f"[bold]assign[/]   {name}:{bad_version} -> {', '.join(targets)} (they take traffic)")
+    else:
+        out.print(offer(bad_version, targets))
     _wait(
         "every device to start the trial of the bad version",
         lambda: all(_events(client, d, "trial_started", bad_version) for d in targets),

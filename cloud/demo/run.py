@@ -2,8 +2,9 @@
 
 A hub (SQLite, local artifact folder), a broker (the local Mosquitto when it
 answers, else an embedded one), a model trained and exported to ONNX, pushed
-through the HTTP API, a simulated fleet of real agents in a child process,
-an assignment, and predictions through the devices' local API.
+through the HTTP API, a simulated fleet of real agents in a child process with
+labels and cohorts, a staged rollout of the model, predictions through the devices'
+local API, the signed channel, and a bad version that a rollout's gates stop at its canary.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ from rich.console import Console
 from rich.table import Table
 
 from cloud.client.hub import HubClient
+from cloud.demo.rollout import (
+    create_cohorts,
+    label_mix,
+    print_transitions,
+    run_good_rollout,
+    start_bad_rollout,
+    wait_rollout,
+)
 from cloud.transport.broker import BrokerError, BrokerHandle, ensure_broker
 from cloud.transport.retained import clear_fleet_retained
 from edgefleet_proto.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -170,7 +179,8 @@ def run_demo(
     out = console or Console()
     t0 = time.monotonic()
     fleet = f"demo-{uuid.uuid4().hex[:8]}"
-    with contextlib.ExitStack() as stack, _workdir(workdir) as work:
+    # The work folder goes last: the hub and the fleet stop before their files are removed.
+    with _workdir(workdir) as work, contextlib.ExitStack() as stack:
         if broker is None:
             try:
                 broker = ensure_broker(mqtt_host, mqtt_port)
@@ -212,6 +222,7 @@ def run_demo(
             telemetry_interval=1.0,
             extra_args=[
                 "--runtimes-mix", runtimes_mix_for(trained),
+                "--label-mix", label_mix(devices, min(3, devices)),
                 "--trial-window", f"{DEMO_TRIAL_WINDOW_S:g}",
                 *fleet_args(root_file, hub.api_url),
             ],
@@ -227,10 +238,14 @@ def run_demo(
         out.print(f"[bold]fleet[/]    {len(online)} simulated devices online")
 
         ids = sorted(d["id"] for d in online)
-        result = client.assign(model=trained.name, version=trained.version, devices=ids)
-        out.print(f"[bold]assign[/]   {trained.name}:{trained.version} -> {result['count']} devices")
+        canary = {d["id"] for d in online if d.get("labels", {}).get("ring") == "canary"}
+        cohorts = create_cohorts(client, out)
 
+        # (a) The trained version goes out in stages: canary, eu, everyone, judged by the gates.
         t_assign = time.monotonic()
+        good = run_good_rollout(
+            client, trained.name, trained.version, out, cohorts=cohorts, devices=devices, timeout=timeout
+        )
 
         def all_in_sync() -> list[dict[str, Any]] | None:
             ds = client.list_devices()
@@ -293,8 +308,16 @@ def run_demo(
             timeout=timeout,
         )
 
-        # A bad version: every device that tries it must roll it back on its own.
+        # (b) A bad version: a rollout offers it to the canary, whose devices take traffic and roll it
+        # back on their own; the rollout's gates stop it there and the engine rolls it back.
         from cloud.demo.rollback import run_rollback_step
+
+        bad_id: list[str] = []
+
+        def offer_bad(version: str, _targets: list[str]) -> str:
+            rollout_id, line = start_bad_rollout(client, trained.name, version)
+            bad_id.append(rollout_id)
+            return line
 
         rollback = run_rollback_step(
             client=client,
@@ -305,7 +328,24 @@ def run_demo(
             workdir=work,
             out=out,
             timeout=timeout,
+            only=canary,
+            offer=offer_bad,
         )
+        bad = wait_rollout(
+            client,
+            bad_id[0],
+            out,
+            until=lambda v: v["state"] == "rolled_back",
+            what="rolled back by its gates",
+            timeout=timeout,
+        )
+        offered = _offered(bad)
+        out.print(
+            f"[bold green]stopped[/]  rollout {bad['name']} ended {bad['state']} at its canary: "
+            f"{offered} device(s) were offered it and given {trained.version} back; the other "
+            f"{devices - offered} never were"
+        )
+        print_transitions(out, [good, bad])
         summary = {
             "fleet": fleet,
             "broker": broker.description,
@@ -315,6 +355,8 @@ def run_demo(
             "rollout_seconds": round(rollout_s, 2),
             "test_accuracy": trained.metrics["test_accuracy"],
             "rollback": rollback,
+            "cohorts": cohorts,
+            "rollouts": {"good": _outcome(good), "bad": _outcome(bad)},
             "signing": signed,
             "variants": variant_of,
             "total_seconds": round(time.monotonic() - t0, 1),
@@ -324,3 +366,23 @@ def run_demo(
             f"demo took {summary['total_seconds']} s"
         )
         return summary
+
+
+def _offered(view: dict[str, Any]) -> int:
+    """How many devices a rollout offered its target to, over all its stages."""
+    return sum(int(s["devices"]) - int(s["by_state"].get("pending", 0)) for s in view["stage_detail"])
+
+
+def _outcome(view: dict[str, Any]) -> dict[str, Any]:
+    """What the summary keeps of a rollout: how it ended, where, and every step with its reason."""
+    return {
+        "id": view["id"],
+        "name": view["name"],
+        "state": view["state"],
+        "stage": view["stage_detail"][view["stage"]]["name"],
+        "offered": {s["name"]: s["devices"] - s["by_state"].get("pending", 0) for s in view["stage_detail"]},
+        "transitions": [
+            {k: t[k] for k in ("from_state", "to_state", "event", "stage", "actor", "reason")}
+            for t in view["transitions"]
+        ],
+    }

@@ -17,7 +17,7 @@ from cloud.clock import Clock, utcnow
 from cloud.errors import InvalidInputError, NotFoundError, UnknownDevicesError
 from cloud.models import DesiredState, Device, ModelVariant
 from cloud.services import desired
-from cloud.services.devices import labels_match
+from cloud.services.labels import Selector, as_selector, effective_labels, selector_clause
 from cloud.services.publisher import DesiredPublisher
 from cloud.services.registry import get_model
 from cloud.services.rollbacks import RefusedDevice, exclude_refused
@@ -37,7 +37,7 @@ def _targets(
     session: Session,
     fleet: str,
     device_ids: Sequence[str] | None,
-    selector: Mapping[str, str] | None,
+    selector: Selector | str | Mapping[str, str] | None,
 ) -> list[Device]:
     if (device_ids is None) == (selector is None):
         raise InvalidInputError("expected exactly one of device_ids or selector")
@@ -62,22 +62,21 @@ def _targets(
             raise UnknownDevicesError(sorted(missing))
         return list(found)
     assert selector is not None
-    if not selector:
+    chosen = as_selector(selector)
+    if not chosen:
         raise InvalidInputError("expected a selector with at least one label, got an empty one")
-    everyone = session.exec(select(Device).where(Device.fleet == fleet).order_by(col(Device.id))).all()
-    matched_ids = [d.id for d in everyone if labels_match(d.labels, selector)]
+    # Matched in SQL over the effective labels: the fleet is never read into Python to filter it.
     matched = list(
         session.exec(
             select(Device)
-            .where(col(Device.id).in_(matched_ids))
+            .where(Device.fleet == fleet, selector_clause(chosen))
             .order_by(col(Device.id))
             .with_for_update()
             .execution_options(populate_existing=True)
         ).all()
     )
     if not matched:
-        shown = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
-        raise NotFoundError(f"no device in fleet {fleet!r} has labels {shown}")
+        raise NotFoundError(f"no device in fleet {fleet!r} has labels {chosen}")
     return matched
 
 
@@ -88,7 +87,7 @@ def assign(
     version: str,
     *,
     device_ids: Sequence[str] | None = None,
-    selector: Mapping[str, str] | None = None,
+    selector: Selector | str | Mapping[str, str] | None = None,
     fleet: str,
     artifact_endpoint: str,
     clock: Clock = utcnow,
@@ -101,15 +100,18 @@ def assign(
     ConflictError when named devices rolled this version back; devices chosen by ``selector``
     that rolled it back are left out and appended to ``skipped``.
     """
+    # A malformed selector is refused before anything is looked up.
+    wanted = as_selector(selector) if selector is not None else None
     model = get_model(session, model_name, version)
-    devices = _targets(session, fleet, device_ids, selector)
+    devices = _targets(session, fleet, device_ids, wanted)
     # Never offer a device a version it rolled back (ConflictError when it was named).
     devices = exclude_refused(session, model, devices, named=device_ids is not None, skipped=skipped)
     assert model.id is not None
     # Every device gets the variant its reported runtimes run best; one that none fits fails the
     # whole assignment before anything is written.
     chosen = choose_for_devices(
-        _variant_options(session, model.id), [(d.id, d.capabilities, d.labels) for d in devices]
+        _variant_options(session, model.id),
+        [(d.id, d.capabilities, effective_labels(d.labels, d.operator_labels)) for d in devices],
     )
     now = clock()
     rows: list[DesiredState] = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from sqlmodel import Session, col, select
 
@@ -34,7 +35,7 @@ from cloud.services.publisher import DesiredPublisher
 from cloud.services.signing import Signing
 from edgefleet_proto.v1 import common_pb2, desired_pb2
 
-__all__ = ["compose", "fleet_payloads", "model_ref", "publish", "seal"]
+__all__ = ["BatchPublisher", "compose", "fleet_payloads", "model_ref", "publish", "seal"]
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +152,28 @@ def seal(
     """
     if signing is None:
         return [(d.device_id, d.SerializeToString(deterministic=True)) for d in states]
-    return [(d.device_id, signing.seal(session, d)) for d in states]
+    envelopes = signing.seal_many(session, states)
+    return [(d.device_id, envelope) for d, envelope in zip(states, envelopes, strict=True)]
+
+
+@runtime_checkable
+class BatchPublisher(Protocol):
+    """A publisher that hands many desired states to the broker at once (the MQTT transport)."""
+
+    def publish_desired_many(self, payloads: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+        """Publish them all; returns device id -> why for those the broker did not take."""
+        ...
 
 
 def publish(publisher: DesiredPublisher, payloads: Sequence[tuple[str, bytes]]) -> None:
     """Hand each payload to the broker; DeliveryError names those it did not take (stored all the same)."""
+    if isinstance(publisher, BatchPublisher):
+        # One wait for the broker's acknowledgements per batch rather than one per device.
+        refused = publisher.publish_desired_many(payloads)
+        if refused:
+            order = [d for d, _ in payloads if d in refused]
+            raise DeliveryError(order, refused[order[0]])
+        return
     failed: list[str] = []
     reason = ""
     for device_id, payload in payloads:

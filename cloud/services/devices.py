@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from cloud.api.schemas.fleet import (
     DeviceDetailPublic,
@@ -28,6 +29,8 @@ from cloud.models import (
     ModelVersion,
     TelemetryWindow,
 )
+from cloud.services.labels import Selector, as_selector, effective_labels, selector_clause
+from cloud.services.pagination import DEFAULT_LIMIT, Page, keyset_page
 from edgefleet_proto.v1 import common_pb2, device_pb2
 
 _STATES = {
@@ -249,7 +252,9 @@ def _public(device: Device, desired: _Desired | None) -> DevicePublic:
         agent_version=device.agent_version,
         health=device.health,
         capabilities=device.capabilities,
-        labels=device.labels,
+        labels=effective_labels(device.labels, device.operator_labels),
+        reported_labels=device.labels,
+        operator_labels=device.operator_labels,
         active_model=active,
         previous_model=_ref(
             device.previous_model_name,
@@ -285,8 +290,31 @@ def _desired_ref(desired: _Desired) -> ModelRefPublic:
     )
 
 
-def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
-    return all(labels.get(key) == value for key, value in selector.items())
+def _devices_query(
+    fleet: str | None,
+    state: DeviceState | None,
+    selector: Selector | str | Mapping[str, str] | None,
+    model: str | None,
+    version: str | None,
+) -> SelectOfScalar[Device]:
+    query = select(Device)
+    if fleet is not None:
+        query = query.where(Device.fleet == fleet)
+    if state is not None:
+        query = query.where(Device.state == state)
+    if selector:
+        # In SQL over the effective labels (DeviceLabel), not over each device's JSON in Python.
+        query = query.where(selector_clause(as_selector(selector)))
+    if model is not None:
+        query = query.where(Device.active_model_name == model)
+    if version is not None:
+        query = query.where(Device.active_model_version == version)
+    return query
+
+
+def _publics(session: Session, devices: Sequence[Device]) -> list[DevicePublic]:
+    desired = _desired_for(session, [d.id for d in devices])
+    return [_public(d, desired.get(d.id)) for d in devices]
 
 
 def list_devices(
@@ -294,26 +322,36 @@ def list_devices(
     *,
     fleet: str | None = None,
     state: DeviceState | None = None,
-    labels: Mapping[str, str] | None = None,
+    labels: Selector | str | Mapping[str, str] | None = None,
     model: str | None = None,
     version: str | None = None,
 ) -> list[DevicePublic]:
-    """Devices matching every given filter; ``model``/``version`` match the active model."""
-    query = select(Device)
-    if fleet is not None:
-        query = query.where(Device.fleet == fleet)
-    if state is not None:
-        query = query.where(Device.state == state)
-    if model is not None:
-        query = query.where(Device.active_model_name == model)
-    if version is not None:
-        query = query.where(Device.active_model_version == version)
-    devices = list(session.exec(query.order_by(col(Device.id))).all())
-    if labels:
-        # Filtered here, not in SQL: JSON operators differ between SQLite and PostgreSQL.
-        devices = [d for d in devices if labels_match(d.labels, labels)]
-    desired = _desired_for(session, [d.id for d in devices])
-    return [_public(d, desired.get(d.id)) for d in devices]
+    """Every device matching every given filter, by id; ``model``/``version`` match the active model.
+
+    ``labels`` is a selector (its text, or ``{key: value}`` pairs). Unpaginated: for the hub's own
+    use and tests; the API pages with ``page_devices``.
+    """
+    query = _devices_query(fleet, state, labels, model, version)
+    return _publics(session, session.exec(query.order_by(col(Device.id))).all())
+
+
+def page_devices(
+    session: Session,
+    *,
+    fleet: str | None = None,
+    state: DeviceState | None = None,
+    labels: Selector | str | Mapping[str, str] | None = None,
+    model: str | None = None,
+    version: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> Page[DevicePublic]:
+    """One page of ``list_devices``, by id; ``next_cursor`` continues after its last device."""
+    query = _devices_query(fleet, state, labels, model, version)
+    page = keyset_page(
+        session, query, [Device.id], listing="devices", key_of=lambda d: (d.id,), limit=limit, cursor=cursor
+    )
+    return Page(_publics(session, page.items), page.next_cursor)
 
 
 def get_device(session: Session, device_id: str) -> Device:

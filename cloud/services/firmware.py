@@ -25,7 +25,7 @@ from cloud.clock import Clock, utcnow
 from cloud.errors import ConflictError, InvalidArtifactError, NotFoundError
 from cloud.models import DesiredFirmware, Device, FirmwareImage
 from cloud.services import desired
-from cloud.services.devices import labels_match
+from cloud.services.labels import Selector, as_selector, selector_clause
 from cloud.services.publisher import DesiredPublisher
 from cloud.services.signing import Signing
 from cloud.tuf.metadata import TargetSpec
@@ -188,18 +188,22 @@ def _check_hardware(image: FirmwareImage, devices: Sequence[Device]) -> None:
 
 
 def _chosen_devices(
-    session: Session, fleet: str, device_ids: Sequence[str] | None, selector: Mapping[str, str] | None
+    session: Session,
+    fleet: str,
+    device_ids: Sequence[str] | None,
+    selector: Selector | str | Mapping[str, str] | None,
 ) -> list[Device]:
     query = select(Device).where(Device.fleet == fleet).order_by(col(Device.id))
-    devices = list(session.exec(query).all())
     if device_ids is not None:
         wanted = set(device_ids)
-        devices = [d for d in devices if d.id in wanted]
+        devices = list(session.exec(query.where(col(Device.id).in_(sorted(wanted)))).all())
         missing = wanted - {d.id for d in devices}
         if missing:
             raise NotFoundError(f"unknown devices: {', '.join(sorted(missing))}")
-    elif selector:
-        devices = [d for d in devices if labels_match(d.labels, selector)]
+    else:
+        # Matched in SQL over the effective labels (DeviceLabel).
+        chosen = as_selector(selector) if selector else None
+        devices = list(session.exec(query.where(selector_clause(chosen)) if chosen else query).all())
     if not devices:
         raise NotFoundError(f"no device in fleet {fleet!r} matches")
     return devices

@@ -17,15 +17,15 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf.message import DecodeError
-from sqlalchemy import Table
+from sqlalchemy import Table, bindparam, case, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from cloud.clock import Clock, from_ms, utcnow
 from cloud.db import SessionFactory, transaction
 from cloud.errors import HubError, InvalidInputError
-from cloud.models import DeviceEvent, DeviceRollback, TelemetryWindow
-from cloud.services import devices, rollbacks
+from cloud.models import Device, DeviceEvent, DeviceRollback, TelemetryWindow
+from cloud.services import devices, labels, rollbacks
 from edgefleet_proto.topics import Channel, FleetTopics, TopicError
 from edgefleet_proto.v1 import device_pb2, event_pb2, telemetry_pb2
 
@@ -61,6 +61,7 @@ class IngestStats:
     telemetry_windows: int = 0
     events: int = 0
     rollbacks: int = 0
+    labels: int = 0  # devices whose effective labels changed and were rewritten
     duplicates: int = 0
     malformed: int = 0
     rejected: int = 0
@@ -203,34 +204,81 @@ class Ingestor:
         windows: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         rollback_rows: list[dict[str, Any]] = []
+        # Reported labels before and after this batch, for the devices whose labels it changed.
+        label_changes: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
         statuses = 0
+        heard: set[str] = set()  # devices that sent telemetry or events: their last_seen moves to now
+        # Held for the whole batch: the session keeps unmodified rows only while someone else does.
+        known_devices = _load_devices(session, {i.device_id for i in items if i.channel is Channel.STATUS})
         for item in items:
             seen_at = None if item.retained else now
             if item.channel is Channel.STATUS:
                 status: device_pb2.DeviceStatus = item.message
                 if item.retained and status.sent_at_ms > 0:
                     seen_at = min(from_ms(status.sent_at_ms), now)
-                devices.apply_status(session, fleet, status, seen_at=seen_at, now=now)
+                known = session.get(Device, status.device_id)
+                before = dict(known.labels) if known is not None else {}
+                device = devices.apply_status(session, fleet, status, seen_at=seen_at, now=now)
+                if device.labels != before or device.id in label_changes:
+                    first = label_changes[device.id][0] if device.id in label_changes else before
+                    label_changes[device.id] = (first, dict(device.labels))
                 statuses += 1
                 continue
-            devices.touch(session, item.device_id, fleet, seen_at or now)
+            heard.add(item.device_id)
             if item.channel is Channel.TELEMETRY:
                 windows.extend(_window_row(item.device_id, w, now) for w in item.message.windows)
             elif item.channel is Channel.EVENTS:
                 events.append(_event_row(item.device_id, item.message, now))
                 if item.message.kind == event_pb2.EVENT_KIND_ROLLED_BACK:
                     rollback_rows.append(rollbacks.row_from_event(item.device_id, item.message, now))
+        _touch_all(session, fleet, heard, now)
         stored_windows = _insert_ignoring_duplicates(session, TelemetryWindow.__table__, windows)  # type: ignore[attr-defined]
         stored_events = _insert_ignoring_duplicates(session, DeviceEvent.__table__, events)  # type: ignore[attr-defined]
         table = DeviceRollback.__table__  # type: ignore[attr-defined]
         stored_rollbacks = _insert_ignoring_duplicates(session, table, rollback_rows)
+        relabelled = labels.sync_reported_changes(session, label_changes)
+        del known_devices
         return {
             "statuses": statuses,
+            "labels": relabelled,
             "telemetry_windows": stored_windows,
             "events": stored_events,
             "rollbacks": stored_rollbacks,
             "duplicates": len(windows) - stored_windows + len(events) - stored_events,
         }
+
+
+def _load_devices(session: Session, device_ids: set[str]) -> list[Device]:
+    """Load the batch's devices into the session in one query per few hundred, so that looking each
+    one up by id (``session.get``) finds it there instead of asking the database once a message."""
+    ids = sorted(device_ids)
+    rows: list[Device] = []
+    for start in range(0, len(ids), _ROWS_PER_INSERT):
+        chunk = ids[start : start + _ROWS_PER_INSERT]
+        rows.extend(session.exec(select(Device).where(col(Device.id).in_(chunk))).all())
+    return rows
+
+
+def _touch_all(session: Session, fleet: str, device_ids: set[str], now: datetime) -> None:
+    """``devices.touch`` for many devices at once: one UPDATE of ``last_seen`` per few hundred
+    devices, which names the devices it found (loading each row only to move one timestamp would
+    cost more than the rest of a batch). ``last_seen`` only moves forward, as in ``touch``."""
+    table = Device.__table__  # type: ignore[attr-defined]
+    # On the table, not the mapped class: rows this session holds (statuses of the same batch)
+    # are left as they are rather than synchronised, and the ORM's bulk machinery is skipped.
+    stmt = (
+        update(table)
+        .where(table.c.id.in_(bindparam("ids", expanding=True)))
+        .values(last_seen=case((table.c.last_seen < now, now), else_=table.c.last_seen))
+        .returning(table.c.id)
+    )
+    ids = sorted(device_ids)
+    for start in range(0, len(ids), _ROWS_PER_INSERT):
+        chunk = ids[start : start + _ROWS_PER_INSERT]
+        found = set(session.execute(stmt, {"ids": chunk}).scalars())
+        for device_id in chunk:
+            if device_id not in found:
+                devices.touch(session, device_id, fleet, now)  # heard before its first status
 
 
 def _window_row(device_id: str, w: telemetry_pb2.TelemetryWindow, now: datetime) -> dict[str, Any]:
@@ -301,12 +349,15 @@ def _insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict[
     dialect = session.get_bind().dialect.name
     if dialect not in ("postgresql", "sqlite"):
         raise RuntimeError(f"unsupported database dialect {dialect!r}: expected sqlite or postgresql")
+    stmt: postgresql.Insert | sqlite.Insert
+    if dialect == "postgresql":
+        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=_KEYS)
+    else:
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=_KEYS)
+    # The rows go as parameters of one statement (SQLAlchemy's "insertmanyvalues" turns them into
+    # multi-row INSERTs), so the statement is compiled once per process, not once per batch.
+    returning = stmt.returning(table.c.id)
     inserted = 0
     for chunk in _chunks(rows, _ROWS_PER_INSERT):
-        stmt: postgresql.Insert | sqlite.Insert
-        if dialect == "postgresql":
-            stmt = postgresql.insert(table).values(chunk).on_conflict_do_nothing(index_elements=_KEYS)
-        else:
-            stmt = sqlite.insert(table).values(chunk).on_conflict_do_nothing(index_elements=_KEYS)
-        inserted += len(session.exec(stmt.returning(table.c.id)).all())
+        inserted += len(session.execute(returning, chunk).all())
     return inserted

@@ -7,12 +7,16 @@ model) the artifact is removed again, unless another version already uses the sa
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from cloud.artifacts import ArtifactInfo, ArtifactStore, Readable
 from cloud.clock import Clock, utcnow
+from cloud.db import SessionFactory, read_transaction
 from cloud.errors import ConflictError, NotFoundError, UnsupportedFormatError
 from cloud.models import Bundle, ModelVariant, ModelVersion
 from cloud.services.onnx_schema import onnx_io_schema, single_file_variant
@@ -134,3 +138,57 @@ def is_registered_artifact(session: Session, sha256: str) -> bool:
         if session.exec(query).first() is not None:
             return True
     return False
+
+
+class ServedArtifacts:
+    """``served(sha256)``: whether the artifact service may hand out these bytes.
+
+    Asked once per download, so its answer is cached, but only when yes: the bytes under a
+    sha256 never change, so a registered artifact stays one, while an unknown one is asked
+    again each time (it may be registered a moment later) and never fills the cache. The
+    artifact's file is checked on every download apart from this, so a deleted file is refused
+    even while its sha256 is cached. ``sessions`` should be read-only sessions
+    (:func:`cloud.db.read_session_factory`) so that downloads never wait on the write lock.
+    """
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        also: Callable[[str], bool] | None = None,
+        max_entries: int = 4096,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries: expected at least 1, got {max_entries}")
+        self._sessions = sessions
+        # Artifacts served for another reason than the registry (TUF targets such as firmware).
+        self._also = also
+        self._max_entries = max_entries
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, sha256: str) -> bool:
+        with self._lock:
+            if sha256 in self._known:
+                self._known.move_to_end(sha256)
+                return True
+        with read_transaction(self._sessions) as session:
+            served = is_registered_artifact(session, sha256)
+        if not served and self._also is not None:
+            served = self._also(sha256)
+        if served:
+            with self._lock:
+                self._known[sha256] = None
+                self._known.move_to_end(sha256)
+                while len(self._known) > self._max_entries:
+                    self._known.popitem(last=False)
+        return served
+
+    def forget(self, sha256: str) -> None:
+        """Drop a cached yes (for a caller that unregisters an artifact)."""
+        with self._lock:
+            self._known.pop(sha256, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._known)

@@ -43,6 +43,10 @@ class Signing:
         """Sign a desired state for its device (the caller commits before publishing)."""
         return self.director.seal(session, desired)
 
+    def seal_many(self, session: Session, states: Sequence[desired_pb2.DesiredState]) -> list[bytes]:
+        """:meth:`seal` for many devices, in input order: keys, root and targets read once a batch."""
+        return self.director.seal_many(session, states)
+
     def sync_targets(self) -> bool:
         return sync_targets(self.repo)
 

@@ -3,15 +3,26 @@
 A device that lost its connection mid-download asks again from the offset it already
 holds. Only artifacts pinned by a registered model version are served, so the store
 cannot be used to fetch arbitrary leftovers.
+
+The server is grpc's asyncio server, in a thread of its own with its own event loop (the
+hub's other parts are threads). A download is a coroutine, not a worker thread, so a
+thousand devices fetching at once are a thousand streams rather than a queue behind a
+thread pool. What blocks (the registry check, stat, file reads, TUF metadata from the
+database) runs on a small thread pool; a stream holds at most one chunk in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterator
-from concurrent import futures
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn, TypeVar
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typing_extensions import override
 
@@ -24,10 +35,24 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK = 256 * 1024
 MAX_CHUNK = 1024 * 1024
 SERVICE_NAME = "edgefleet.v1.ArtifactService"
+# Threads for the blocking parts of a call; each holds the thread for microseconds (a cached
+# check, a read from the page cache), so a few serve thousands of streams.
+IO_THREADS = 4
+# Seconds to wait for the event loop to bind, start or stop the server.
+LOOP_TIMEOUT_S = 30.0
+
+T = TypeVar("T")
 
 
 class GrpcServerError(HubError):
     """The gRPC server could not start (the port is taken, the host does not resolve)."""
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, details: str
+) -> NoReturn:
+    await context.abort(code, details)
+    raise AssertionError("ServicerContext.abort returns only by raising")
 
 
 class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
@@ -38,55 +63,69 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
         store: ArtifactStore,
         is_served: Callable[[str], bool],
         metadata: Callable[[str], bytes] | None = None,
+        *,
+        io: ThreadPoolExecutor,
     ) -> None:
         self._store = store
         self._is_served = is_served
         # TUF metadata by file name ("timestamp.json", "3.root.json"); None: no update repository.
         self._metadata = metadata
+        self._io = io
 
-    def _check(self, sha256: str, context: grpc.ServicerContext) -> int:
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    async def _check(self, sha256: str, context: grpc.aio.ServicerContext[Any, Any]) -> int:
         """The artifact's length, or abort the call with the status that says why not."""
         try:
             check_sha256(sha256)
         except InvalidInputError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if not await self._blocking(self._is_served, sha256):
+            await _abort(
+                context, grpc.StatusCode.NOT_FOUND, f"artifact {sha256} is not a registered model version"
+            )
         try:
-            if not self._is_served(sha256):
-                context.abort(
-                    grpc.StatusCode.NOT_FOUND, f"artifact {sha256} is not a registered model version"
-                )
-            return self._store.stat(sha256).length
+            return (await self._blocking(self._store.stat, sha256)).length
         except ArtifactNotFoundError as e:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
 
     @override
-    def Stat(
-        self, request: artifact_pb2.StatRequest, context: grpc.ServicerContext
+    async def Stat(
+        self, request: artifact_pb2.StatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> artifact_pb2.ArtifactInfo:
-        length = self._check(request.sha256, context)
+        length = await self._check(request.sha256, context)
         return artifact_pb2.ArtifactInfo(sha256=request.sha256, length=length)
 
     @override
-    def Fetch(
-        self, request: artifact_pb2.FetchRequest, context: grpc.ServicerContext
-    ) -> Iterator[artifact_pb2.ArtifactChunk]:
-        length = self._check(request.sha256, context)
+    async def Fetch(
+        self, request: artifact_pb2.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[artifact_pb2.ArtifactChunk]:
+        length = await self._check(request.sha256, context)
         if request.offset > length:
-            context.abort(
+            await _abort(
+                context,
                 grpc.StatusCode.OUT_OF_RANGE,
                 f"offset {request.offset} is past the end of artifact {request.sha256}: "
                 f"expected at most {length}",
             )
         chunk_size = min(request.chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
         offset = request.offset
-        with self._store.open(request.sha256) as f:
-            f.seek(offset)
-            while offset < length and context.is_active():
-                data = f.read(min(chunk_size, length - offset))
+        try:
+            f = await self._blocking(self._store.open, request.sha256)
+        except ArtifactNotFoundError as e:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
+        try:
+            fd = f.fileno()
+            while offset < length:
+                data = await self._blocking(os.pread, fd, min(chunk_size, length - offset), offset)
                 if not data:
                     break
+                # Returns once grpc took the message: flow control paces the reads to the device.
                 yield artifact_pb2.ArtifactChunk(offset=offset, data=data, total_length=length)
                 offset += len(data)
+        finally:
+            f.close()
         if request.device_id:
             log.debug(
                 "device %s fetched %s from %d to %d",
@@ -97,18 +136,19 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
             )
 
     @override
-    def FetchMetadata(
-        self, request: artifact_pb2.MetadataRequest, context: grpc.ServicerContext
-    ) -> Iterator[artifact_pb2.ArtifactChunk]:
+    async def FetchMetadata(
+        self, request: artifact_pb2.MetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[artifact_pb2.ArtifactChunk]:
         """A TUF metadata file, in chunks from ``offset`` (the files are small; one chunk is usual)."""
         if self._metadata is None:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this hub has no update repository")
+            await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "this hub has no update repository")
         try:
-            data = self._metadata(request.name)
+            data = await self._blocking(self._metadata, request.name)
         except NotFoundError as e:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
         if request.offset > len(data):
-            context.abort(
+            await _abort(
+                context,
                 grpc.StatusCode.OUT_OF_RANGE,
                 f"offset {request.offset} is past the end of {request.name}: expected at most {len(data)}",
             )
@@ -118,53 +158,138 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
             )
 
 
-def bind_grpc_server(
-    host: str = "127.0.0.1", port: int = 0, *, max_workers: int = 16
-) -> tuple[grpc.Server, int]:
+class ArtifactServer:
+    """A grpc.aio server on an event loop in its own thread, driven from any other thread.
+
+    States: bound (listening socket reserved, nothing served) -> serving -> stopped. The
+    loop thread lives from the bind to the stop.
+    """
+
+    def __init__(self, address: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-artifacts", daemon=True)
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="grpc-artifacts-io")
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._serving = False
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopping = False
+        self._thread.start()
+        try:
+            self.port = self._call(self._bind(address))
+        except BaseException:
+            self._shut_loop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = LOOP_TIMEOUT_S) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _bind(self, address: str) -> int:
+        server = self._server = grpc.aio.server(
+            options=[
+                # A chunk is at most 1 MiB; requests are tiny.
+                ("grpc.max_send_message_length", MAX_CHUNK + 64 * 1024),
+                # gRPC sets SO_REUSEPORT by default, so a second hub on the same port would bind
+                # too and take half of the first one's connections. A taken port is an error.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise GrpcServerError(
+                f"cannot listen for gRPC on {address}: the port is taken or the host is unknown"
+            ) from e
+        if bound == 0:
+            raise GrpcServerError(
+                f"cannot listen for gRPC on {address}: the port is taken or the host is unknown"
+            )
+        return bound
+
+    def serve(
+        self,
+        store: ArtifactStore,
+        is_served: Callable[[str], bool],
+        *,
+        metadata: Callable[[str], bytes] | None = None,
+    ) -> None:
+        """Add the artifact and health services and start serving (once)."""
+        if self._serving or self._stopping:
+            raise RuntimeError("an artifact server serves once, between its bind and its stop")
+        self._call(self._serve(ArtifactService(store, is_served, metadata, io=self._io)))
+        self._serving = True
+
+    async def _serve(self, artifacts: ArtifactService) -> None:
+        server = self._server
+        if server is None:
+            raise RuntimeError("the server is bound before it serves")
+        artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(artifacts, server)
+        # grpc_health's stubs predate its asyncio servicer.
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        await server.start()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Stop serving; downloads in flight get ``grace`` seconds to finish (None: none).
+
+        Returns at once, like grpc's ``Server.stop``; the event is set once the port is
+        released and the loop thread has ended. Calling it again returns the same event.
+        """
+        with self._stop_lock:
+            if self._stopping:
+                return self._stopped
+            self._stopping = True
+        threading.Thread(target=self._stop, args=(grace,), name="grpc-artifacts-stop", daemon=True).start()
+        return self._stopped
+
+    def _stop(self, grace: float | None) -> None:
+        try:
+            wait = (grace or 0.0) + LOOP_TIMEOUT_S
+            self._call(self._stop_server(grace), timeout=wait)
+        except Exception:
+            log.exception("the gRPC artifact server did not stop cleanly")
+        finally:
+            self._shut_loop()
+
+    async def _stop_server(self, grace: float | None) -> None:
+        if self._health is not None:
+            # Health checks say NOT_SERVING while the downloads in flight finish.
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+
+    def _shut_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(LOOP_TIMEOUT_S)
+        if not self._thread.is_alive():
+            self._loop.close()
+        self._io.shutdown(wait=False, cancel_futures=True)
+        self._stopped.set()
+
+
+def bind_grpc_server(host: str = "127.0.0.1", port: int = 0) -> tuple[ArtifactServer, int]:
     """A server bound to ``host:port`` with no services yet; returns it and its port (``port=0``: any).
 
     Nothing is served until :func:`serve_artifacts`: the hub binds its ports before it opens
     the database or talks to the broker, so that a taken port stops it before either.
     """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-artifacts"),
-        options=[
-            # A chunk is at most 1 MiB; requests are tiny.
-            ("grpc.max_send_message_length", MAX_CHUNK + 64 * 1024),
-            # gRPC sets SO_REUSEPORT by default, so a second hub on the same port would bind
-            # too and take half of the first one's connections. A taken port is an error.
-            ("grpc.so_reuseport", 0),
-        ],
-    )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as e:
-        raise GrpcServerError(
-            f"cannot listen for gRPC on {address}: the port is taken or the host is unknown"
-        ) from e
-    if bound == 0:
-        raise GrpcServerError(
-            f"cannot listen for gRPC on {address}: the port is taken or the host is unknown"
-        )
-    return server, bound
+    server = ArtifactServer(address)
+    return server, server.port
 
 
 def serve_artifacts(
-    server: grpc.Server,
+    server: ArtifactServer,
     store: ArtifactStore,
     is_served: Callable[[str], bool],
     *,
     metadata: Callable[[str], bytes] | None = None,
 ) -> None:
     """Add the artifact and health services to a bound server and start it."""
-    artifacts = ArtifactService(store, is_served, metadata)
-    artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(artifacts, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.start()
-    for service in ("", SERVICE_NAME):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    server.serve(store, is_served, metadata=metadata)
 
 
 def start_grpc_server(
@@ -174,10 +299,13 @@ def start_grpc_server(
     metadata: Callable[[str], bytes] | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
-    max_workers: int = 16,
-) -> tuple[grpc.Server, int]:
+) -> tuple[ArtifactServer, int]:
     """Start the artifact and health services; returns the server and its bound port (``port=0``: any)."""
-    server, bound = bind_grpc_server(host, port, max_workers=max_workers)
-    serve_artifacts(server, store, is_served, metadata=metadata)
+    server, bound = bind_grpc_server(host, port)
+    try:
+        serve_artifacts(server, store, is_served, metadata=metadata)
+    except BaseException:
+        server.stop().wait(LOOP_TIMEOUT_S)
+        raise
     log.info("gRPC artifact server listening on %s:%d", host, bound)
     return server, bound

@@ -1,9 +1,10 @@
 """The hub's MQTT transport: device messages in, desired states out.
 
 One paho client with its own network thread. Inbound messages go to a bounded queue that
-an ingest thread drains in batches, one database transaction per batch: a full queue
-blocks the network thread, which slows the broker connection rather than dropping
-messages the broker already acknowledged.
+an ingest thread drains in batches, one database transaction per batch (it waits up to
+``ingest_linger_s`` for a batch to fill, so a quiet fleet is not stored a message at a
+time): a full queue blocks the network thread, which slows the broker connection rather
+than dropping messages the broker already acknowledged.
 
 Subscriptions on MQTT 5: telemetry and events through a shared subscription, so replicas
 of the hub split the load. Status uses a plain subscription on purpose: MQTT 5 (4.8.2) says
@@ -22,6 +23,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -215,6 +217,42 @@ class HubMqtt:
         """Publish a desired state retained with QoS 1 and wait for the broker's PUBACK."""
         self._publish_retained(self._desired_topic(device_id), payload)
 
+    def publish_desired_many(self, payloads: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+        """Publish many desired states (retained, QoS 1) at once, then wait for their PUBACKs.
+
+        Returns device id -> why, for those the broker did not take. All are handed to paho
+        first (it keeps as many in flight as the broker allows), so a batch costs one round
+        trip's wait, not one per device. The wait gives up once no acknowledgement came for
+        ``publish_timeout_s``: while they keep coming, a large batch is not cut short.
+        """
+        where = f"{self._settings.mqtt_host}:{self._settings.mqtt_port}"
+        if not self.connected:
+            return {d: f"not connected to the MQTT broker at {where}" for d, _ in payloads}
+        failed: dict[str, str] = {}
+        sent: list[tuple[str, paho.MQTTMessageInfo]] = []
+        for device_id, payload in payloads:
+            try:
+                topic = self._desired_topic(device_id)
+            except InvalidInputError as e:
+                failed[device_id] = str(e)
+                continue
+            info = self._client.publish(topic, payload, qos=1, retain=True)
+            sent.append((device_id, info))
+        timeout = self._settings.publish_timeout_s
+        stalled = False
+        for device_id, info in sent:
+            if not stalled:
+                try:
+                    info.wait_for_publish(timeout)
+                except (RuntimeError, ValueError) as e:
+                    failed[device_id] = f"broker at {where} did not take the message: {e}"
+                    continue
+            if not info.is_published():
+                # Nothing came back for a whole timeout: the rest are not waited for one by one.
+                stalled = True
+                failed[device_id] = f"no acknowledgement from the broker at {where} within {timeout:g} s"
+        return failed
+
     def clear_retained(self, device_id: str) -> None:
         """Remove a device's retained desired state from the broker."""
         self._publish_retained(self._desired_topic(device_id), b"")
@@ -279,17 +317,27 @@ class HubMqtt:
 
     def _ingest_loop(self) -> None:
         batch_size = self._settings.ingest_batch_size
+        linger = self._settings.ingest_linger_s
         while True:
             first = self._queue.get()
             if first is _STOP:
                 return
             batch = [first]
             stop = False
+            # A quiet fleet's messages arrive one at a time; waiting a moment for more stores them
+            # in one transaction. A busy one fills the batch without waiting.
+            deadline = time.monotonic() + linger
             while len(batch) < batch_size:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if item is _STOP:
                     stop = True
                     break

@@ -19,17 +19,20 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 from securesystemslib.signer import CryptoSigner
+from sqlalchemy import Engine, bindparam
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
 from cloud.clock import Clock, utcnow
-from cloud.db import SessionFactory
+from cloud.db import SessionFactory, read_session_factory, read_transaction
 from cloud.errors import NotFoundError
 from cloud.models import TufMetadata, TufTarget
 from cloud.tuf.config import TufSettings
@@ -53,6 +56,18 @@ ONLINE_TOP = ("targets", "snapshot", "timestamp")
 _NAME_RE = re.compile(r"^(?:(\d{1,12})\.)?(root|targets|snapshot|timestamp)\.json$")
 _PUBLISH_ATTEMPTS = 5
 T = TypeVar("T", Root, Timestamp, Snapshot, Targets)
+
+# The two queries a TUF client's fetches make, built once (see TufRepository._read_metadata).
+_TABLE = TufMetadata.__table__  # type: ignore[attr-defined]
+_LATEST = (
+    sa_select(_TABLE.c.data)
+    .where(_TABLE.c.role == bindparam("role"))
+    .order_by(_TABLE.c.version.desc())
+    .limit(1)
+)
+_VERSION = sa_select(_TABLE.c.data).where(
+    _TABLE.c.role == bindparam("role"), _TABLE.c.version == bindparam("version")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +104,13 @@ class TufRepository:
         *,
         hub_root: KeyDir | None = None,
         clock: Clock = utcnow,
+        reads: SessionFactory | None = None,
     ) -> None:
         self._sessions = sessions
+        # Reads (every device's metadata fetches above all) take no write lock; see cloud.db.
+        # Without a factory of its own, the repository makes one on the write sessions' engine.
+        self._reads = reads
+        self._read_engine: Engine | None = None
         self.online = online
         self.settings = settings
         # A development root key the hub holds (auto-init); None once root keys are offline.
@@ -102,15 +122,44 @@ class TufRepository:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def _read(self) -> AbstractContextManager[Session]:
+        """A read-only transaction: on SQLite it neither waits for the write lock nor holds it."""
+        if self._reads is None:
+            with self._sessions() as session:
+                self._reads = read_session_factory(session.get_bind().engine)
+        return read_transaction(self._reads)
+
+    def _read_metadata(self, role: str, version: int | None) -> bytes | None:
+        """One metadata file's bytes, on a plain connection of the read-only engine.
+
+        Every device asks for the timestamp (and for the next root) on every refresh; an ORM
+        session and its transaction cost three times what this query does, so it goes without.
+        """
+        if self._read_engine is None:
+            if self._reads is None:
+                self._read()  # makes the read-only session factory
+            assert self._reads is not None
+            with self._reads() as session:
+                self._read_engine = session.get_bind().engine
+        with self._read_engine.connect() as conn:
+            try:
+                if version is None:
+                    data: bytes | None = conn.execute(_LATEST, {"role": role}).scalar()
+                else:
+                    data = conn.execute(_VERSION, {"role": role, "version": version}).scalar()
+            finally:
+                conn.rollback()  # ends the read snapshot before the connection goes back to the pool
+        return data
+
     def initialized(self) -> bool:
-        with self._sessions() as session:
+        with self._read() as session:
             return latest_metadata(session, "timestamp") is not None
 
     def root(self, session: Session | None = None) -> Metadata[Root]:
         """The current root (pass the caller's session inside a transaction: SQLite has one writer)."""
         if session is not None:
             return self._root(session)
-        with self._sessions() as own:
+        with self._read() as own:
             return self._root(own)
 
     def _root(self, session: Session) -> Metadata[Root]:
@@ -135,19 +184,15 @@ class TufRepository:
         if name in self._immutable:
             return self._immutable[name]
         version_text, role = match.groups()
-        with self._sessions() as session:
-            query = select(TufMetadata).where(TufMetadata.role == role)
-            if version_text is not None:
-                query = query.where(TufMetadata.version == int(version_text))
-            row = session.exec(query.order_by(col(TufMetadata.version).desc()).limit(1)).first()
-        if row is None:
+        data = self._read_metadata(role, None if version_text is None else int(version_text))
+        if data is None:
             raise NotFoundError(f"no metadata file {name!r} in the repository")
         if version_text is not None:
-            self._immutable[name] = row.data
-        return row.data
+            self._immutable[name] = data
+        return data
 
     def status(self) -> list[RoleStatus]:
-        with self._sessions() as session:
+        with self._read() as session:
             root = self._root(session).signed
             out = [
                 RoleStatus(
@@ -169,15 +214,15 @@ class TufRepository:
             return out
 
     def targets(self) -> dict[str, TargetSpec]:
-        with self._sessions() as session:
+        with self._read() as session:
             rows = session.exec(select(TufTarget)).all()
-        return {r.path: TargetSpec(r.path, r.sha256, r.length, dict(r.custom)) for r in rows}
+            return {r.path: TargetSpec(r.path, r.sha256, r.length, dict(r.custom)) for r in rows}
 
     def find_target(
         self, sha256: str, kind: str | None = None, session: Session | None = None
     ) -> TargetSpec | None:
         if session is None:
-            with self._sessions() as own:
+            with self._read() as own:
                 return self.find_target(sha256, kind, own)
         for row in session.exec(
             select(TufTarget).where(TufTarget.sha256 == sha256).order_by(col(TufTarget.path))
@@ -187,7 +232,7 @@ class TufRepository:
         return None
 
     def has_target_sha256(self, sha256: str) -> bool:
-        with self._sessions() as session:
+        with self._read() as session:
             return session.exec(select(TufTarget.path).where(TufTarget.sha256 == sha256)).first() is not None
 
     # -- signing keys ------------------------------------------------------------------------
@@ -329,7 +374,7 @@ class TufRepository:
         """
         now = now or self._clock()
         due: list[str] = []
-        with self._sessions() as session:
+        with self._read() as session:
             for role in ONLINE_TOP:
                 if self._expiring(session, role, now):
                     due.append(role)
@@ -340,7 +385,7 @@ class TufRepository:
 
     def root_expiring(self, now: datetime | None = None) -> bool:
         """Whether root has less than ``resign_fraction`` of its validity left."""
-        with self._sessions() as session:
+        with self._read() as session:
             return self._expiring(session, "root", now or self._clock())
 
     def _expiring(self, session: Session, role: str, now: datetime) -> bool:

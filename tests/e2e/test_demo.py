@@ -38,6 +38,25 @@ def test_demo_with_mosquitto(mqtt_broker: tuple[str, int], short_tmp: Path) -> N
     assert rollback["devices"] >= 1 and rollback["rolled_back"] == rollback["devices"]
     assert rollback["failed_requests"] == 0 and rollback["gates"] == ["divergence"]
     assert "rollbacks the hub recorded" in text and "does not offer" in text
+    # Cohorts by label: one device of six is the canary, three are in eu.
+    assert summary["cohorts"] == {"canary": 1, "eu": 3}
+    good, bad = summary["rollouts"]["good"], summary["rollouts"]["bad"]
+    # (a) The good version went canary -> eu -> everyone, every stage judged by the gates, to all six.
+    assert good["state"] == "completed" and good["offered"] == {"canary": 1, "eu": 2, "everyone": 3}
+    chain = [(t["event"], t["stage"]) for t in good["transitions"]]
+    assert chain == [("start", 0), ("stage_offered", 0), ("baked", 0),
+                     ("promoted", 1), ("stage_offered", 1), ("baked", 1),
+                     ("promoted", 2), ("stage_offered", 2), ("baked", 2), ("promoted_last", 2)]  # fmt: skip
+    assert "bake 3 s each in this demo" in text
+    # (b) The bad version's gates stopped it at its canary: rolled back there, never offered to the rest.
+    assert bad["state"] == "rolled_back" and bad["stage"] == "canary"
+    assert bad["offered"] == {"canary": rollback["devices"], "everyone": 0}
+    events = [t["event"] for t in bad["transitions"]]
+    assert events == ["start", "stage_offered", "gates_failed_abort", "rolled_back"], events
+    failed = bad["transitions"][2]
+    assert failed["actor"] == "system"
+    assert "rollbacks" in failed["reason"] and "threshold 5%" in failed["reason"]
+    assert f"rollout {bad['name']}: rolled_back" in text and f"rollout {good['name']}: completed" in text
 
 
 def test_demo_with_embedded_broker(short_tmp: Path) -> None:
@@ -51,3 +70,5 @@ def test_demo_with_embedded_broker(short_tmp: Path) -> None:
     assert summary["in_sync"] == 3
     assert "embedded" in summary["broker"]
     assert summary["rollback"]["rolled_back"] == summary["rollback"]["devices"]
+    assert summary["rollouts"]["good"]["state"] == "completed"
+    assert summary["rollouts"]["bad"]["state"] == "rolled_back"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from sqlmodel import col
 
-from cloud.api.deps import ContextDep, SessionDep, ViewerDep
+from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from cloud.api.schemas.cohorts import DeviceLabelsPatch, DeviceLabelsPublic, DeviceLabelsReplace
 from cloud.api.schemas.fleet import (
     DeviceDetailPublic,
     DeviceEventPublic,
@@ -17,8 +18,8 @@ from cloud.api.schemas.fleet import (
     TelemetryWindowsPublic,
 )
 from cloud.models import Device, DeviceState
-from cloud.services import devices, lookup
-from cloud.validation import parse_label_selector
+from cloud.services import devices, labels, lookup
+from cloud.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -33,18 +34,30 @@ def list_devices(
     _token: ViewerDep,
     state: DeviceState | None = None,
     label: Annotated[
-        list[str] | None, Query(description="key=value; repeat or comma-separate to require several")
+        list[str] | None,
+        Query(
+            description="a label selector: key=value, key!=value, key in (a,b), key notin (a,b), key, !key; "
+            "comma-separate or repeat to require several"
+        ),
     ] = None,
     model: Annotated[str | None, Query(description="name of the active model")] = None,
     version: Annotated[str | None, Query(description="version of the active model")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many, by id")] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(description="the next_cursor of the previous page")] = None,
 ) -> DevicesPublic:
-    selector: dict[str, str] = {}
-    for item in label or []:
-        selector.update(parse_label_selector(item))
-    rows = devices.list_devices(
-        session, fleet=ctx.settings.fleet, state=state, labels=selector, model=model, version=version
+    """The fleet's devices by id, a page at a time (follow ``next_cursor``), matching every filter."""
+    selector = ",".join(item for item in label or [] if item.strip())
+    page = devices.page_devices(
+        session,
+        fleet=ctx.settings.fleet,
+        state=state,
+        labels=labels.parse_selector(selector),
+        model=model,
+        version=version,
+        limit=limit,
+        cursor=cursor,
     )
-    return DevicesPublic(data=rows, count=len(rows))
+    return DevicesPublic(data=page.items, count=len(page.items), next_cursor=page.next_cursor)
 
 
 def _in_fleet(ctx: ContextDep, session: SessionDep, device_id: str) -> str:
@@ -83,3 +96,40 @@ def device_telemetry(
     return TelemetryWindowsPublic(
         data=[TelemetryWindowPublic.model_validate(r) for r in rows], count=len(rows)
     )
+
+
+def _labels_public(device: Device) -> DeviceLabelsPublic:
+    return DeviceLabelsPublic(
+        device_id=device.id,
+        labels=labels.effective_labels(device.labels, device.operator_labels),
+        reported_labels=device.labels,
+        operator_labels=device.operator_labels,
+    )
+
+
+_LABEL_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"description": "a key or value a selector cannot name, or a key both set and removed"}
+}
+
+
+@router.put("/{device_id}/labels", responses=_LABEL_ERRORS)
+def replace_labels(
+    device_id: str, body: DeviceLabelsReplace, ctx: ContextDep, session: SessionDep, _token: OperatorDep
+) -> DeviceLabelsPublic:
+    """Replace the device's operator labels; they win over reported ones (null or "-" hides one)."""
+    found = _in_fleet(ctx, session, device_id)
+    return _labels_public(
+        labels.update_operator_labels(session, ctx.settings.fleet, found, replace=body.labels)
+    )
+
+
+@router.patch("/{device_id}/labels", responses=_LABEL_ERRORS)
+def patch_labels(
+    device_id: str, body: DeviceLabelsPatch, ctx: ContextDep, session: SessionDep, _token: OperatorDep
+) -> DeviceLabelsPublic:
+    """Set some operator labels and drop others; a dropped key shows its reported value again."""
+    found = _in_fleet(ctx, session, device_id)
+    device = labels.update_operator_labels(
+        session, ctx.settings.fleet, found, set_labels=body.set, remove=body.remove
+    )
+    return _labels_public(device)

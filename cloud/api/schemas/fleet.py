@@ -188,7 +188,13 @@ class DevicePublic(BaseModel):
     agent_version: str
     health: str
     capabilities: dict[str, Any]
-    labels: dict[str, str]
+    labels: dict[str, str] = Field(
+        description="effective: the reported labels with the operator's laid over them; selectors match these"
+    )
+    reported_labels: dict[str, str] = Field(default_factory=dict, description="as the device reports them")
+    operator_labels: dict[str, str | None] = Field(
+        default_factory=dict, description="set by an operator; null hides the reported label of that key"
+    )
     active_model: ModelRefPublic | None
     previous_model: ModelRefPublic | None
     desired_model: ModelRefPublic | None
@@ -212,6 +218,9 @@ class DevicePublic(BaseModel):
 class DevicesPublic(BaseModel):
     data: list[DevicePublic]
     count: int
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last page"
+    )
 
 
 class DeviceEventPublic(_Public):
@@ -287,6 +296,10 @@ class DeviceDetailPublic(DevicePublic):
 # --- assignments --------------------------------------------------------------------------
 
 
+LabelPairs = Annotated[dict[str, str], Field(min_length=1)]
+SelectorText = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
 class AssignmentCreate(BaseModel):
     """Assign one registered model version to devices named by id or chosen by labels."""
 
@@ -295,7 +308,10 @@ class AssignmentCreate(BaseModel):
     model: ModelName
     version: ModelVersionStr
     devices: list[str] | None = Field(default=None, min_length=1)
-    selector: dict[str, str] | None = Field(default=None, min_length=1, description="labels to match")
+    selector: LabelPairs | SelectorText | None = Field(
+        default=None,
+        description="labels to match: {key: value} pairs, or a selector such as 'site in (a,b),!retired'",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> Self:

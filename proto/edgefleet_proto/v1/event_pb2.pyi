@@ -62,6 +62,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """a new version is on trial (details: mode, window)"""
     EVENT_KIND_COMMITTED: _EventKind.ValueType  # 12
     """the trial passed; the version is kept (details: measured figures)"""
+    EVENT_KIND_TRIAL_WITHDRAWN: _EventKind.ValueType  # 13
+    """The hub named another version while this one was on trial: it is set aside unjudged (not refused),
+    and the version that served before the trial serves again.
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper): ...
 
@@ -101,6 +105,10 @@ EVENT_KIND_TRIAL_STARTED: EventKind.ValueType  # 11
 """a new version is on trial (details: mode, window)"""
 EVENT_KIND_COMMITTED: EventKind.ValueType  # 12
 """the trial passed; the version is kept (details: measured figures)"""
+EVENT_KIND_TRIAL_WITHDRAWN: EventKind.ValueType  # 13
+"""The hub named another version while this one was on trial: it is set aside unjudged (not refused),
+and the version that served before the trial serves again.
+"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -11,7 +12,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cloud.artifacts import ArtifactStore
-from cloud.transport.grpc_server import DEFAULT_CHUNK, MAX_CHUNK, SERVICE_NAME, start_grpc_server
+from cloud.errors import NotFoundError
+from cloud.transport.grpc_server import (
+    DEFAULT_CHUNK,
+    MAX_CHUNK,
+    SERVICE_NAME,
+    GrpcServerError,
+    start_grpc_server,
+)
 from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -113,3 +121,103 @@ def test_health_service(channel: grpc.Channel) -> None:
     for service in ("", SERVICE_NAME):
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_many_downloads_stream_at_once(store: ArtifactStore, served: tuple[str, str]) -> None:
+    # A download is a coroutine, not a worker thread: streams far beyond any thread pool's size
+    # all get their first chunk while every other one is still open and unread. Without BDP
+    # probing the client's window stays small, so an unread stream cannot be sent to the end
+    # (a server with a thread per stream then runs out of threads at the 17th).
+    server, port = start_grpc_server(store, {served[0]}.__contains__, port=0)
+    options = [("grpc.http2.bdp_probe", 0)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as ch:
+            stub = artifact_pb2_grpc.ArtifactServiceStub(ch)
+            request = artifact_pb2.FetchRequest(sha256=served[0], chunk_size=MAX_CHUNK)
+            streams = [stub.Fetch(request, timeout=30) for _ in range(48)]
+            firsts = [next(iter(s)) for s in streams]
+            assert {c.offset for c in firsts} == {0} and {len(c.data) for c in firsts} == {MAX_CHUNK}
+            for first, stream in zip(firsts, streams, strict=True):
+                assert first.data + b"".join(c.data for c in stream) == DATA
+    finally:
+        server.stop().wait(5)
+
+
+def test_stop_lets_a_download_in_flight_finish_and_refuses_new_ones(
+    store: ArtifactStore, served: tuple[str, str]
+) -> None:
+    server, port = start_grpc_server(store, {served[0]}.__contains__, port=0)
+    stopped = None
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = artifact_pb2_grpc.ArtifactServiceStub(ch)
+            stream = iter(
+                stub.Fetch(artifact_pb2.FetchRequest(sha256=served[0], chunk_size=65536), timeout=30)
+            )
+            held = next(stream).data
+            stopped = server.stop(grace=20)
+            assert held + b"".join(c.data for c in stream) == DATA
+            assert stopped.wait(20)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Stat(artifact_pb2.StatRequest(sha256=served[0]), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(grace=None).wait(5)
+    assert server.stop() is stopped  # stopping again is a no-op
+
+
+def test_a_taken_port_is_an_error_and_leaves_nothing_running(store: ArtifactStore) -> None:
+    server, port = start_grpc_server(store, lambda _sha: False, port=0)
+    try:
+        with pytest.raises(GrpcServerError, match=f"cannot listen for gRPC on 127.0.0.1:{port}"):
+            start_grpc_server(store, lambda _sha: False, port=port)
+    finally:
+        server.stop().wait(5)
+    assert not [t for t in threading.enumerate() if t.name == "grpc-artifacts" and t.is_alive()]
+
+
+METADATA = {"timestamp.json": b'{"signed": "t"}', "2.root.json": os.urandom(MAX_CHUNK + 10)}
+
+
+def _metadata_file(name: str) -> bytes:
+    try:
+        return METADATA[name]
+    except KeyError:
+        raise NotFoundError(f"no metadata file {name}") from None
+
+
+@pytest.mark.parametrize(
+    ("name", "offset", "code"),
+    [
+        ("timestamp.json", 0, None),
+        ("2.root.json", 0, None),
+        ("2.root.json", MAX_CHUNK + 3, None),
+        ("9.root.json", 0, grpc.StatusCode.NOT_FOUND),
+        ("timestamp.json", 16, grpc.StatusCode.OUT_OF_RANGE),
+    ],
+)
+def test_fetch_metadata(store: ArtifactStore, name: str, offset: int, code: grpc.StatusCode | None) -> None:
+    server, port = start_grpc_server(store, lambda _sha: False, metadata=_metadata_file, port=0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = artifact_pb2_grpc.ArtifactServiceStub(ch)
+            request = artifact_pb2.MetadataRequest(name=name, offset=offset)
+            if code is None:
+                chunks = list(stub.FetchMetadata(request, timeout=10))
+                assert chunks[0].offset == offset and {c.total_length for c in chunks} == {
+                    len(METADATA[name])
+                }
+                assert b"".join(c.data for c in chunks) == METADATA[name][offset:]
+            else:
+                with pytest.raises(grpc.RpcError) as info:
+                    list(stub.FetchMetadata(request, timeout=10))
+                assert info.value.code() == code
+    finally:
+        server.stop().wait(5)
+
+
+def test_fetch_metadata_without_an_update_repository(channel: grpc.Channel) -> None:
+    stub = artifact_pb2_grpc.ArtifactServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.FetchMetadata(artifact_pb2.MetadataRequest(name="timestamp.json"), timeout=10))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -242,6 +242,38 @@ def test_reconnect_republishes_stored_desired_states(
     assert (republished.generation, republished.artifact_endpoint) == (1, ENDPOINT)
 
 
+def test_a_batch_of_desired_states_is_retained_and_names_what_the_broker_did_not_take(
+    make_hub: Callable[..., tuple[HubMqtt, Ingestor]],
+    mqtt_broker: tuple[str, int],
+    fleet_name: str,
+    clear_desired: list[str],
+) -> None:
+    hub, _ = make_hub("5")
+    assert hub.wait_ready(10)
+    ids = [f"b{i:03d}" for i in range(120)]  # more than the broker keeps in flight at once
+    clear_desired.extend(ids)
+    payloads = [
+        (d, desired_pb2.DesiredState(device_id=d, fleet=fleet_name, generation=i + 1).SerializeToString())
+        for i, d in enumerate(ids)
+    ]
+    refused = hub.publish_desired_many([*payloads, ("not/a device", b"x")])
+    assert list(refused) == ["not/a device"] and "device" in refused["not/a device"]
+    for device_id, payload in (payloads[0], payloads[-1]):
+        assert read_retained(*mqtt_broker, FleetTopics(fleet_name).device(device_id).desired) == payload
+
+
+def test_a_batch_without_a_broker_names_every_device(
+    make_hub: Callable[..., tuple[HubMqtt, Ingestor]],
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    hub, _ = make_hub("5", port=closed_port)
+    refused = hub.publish_desired_many([("d1", b"x"), ("d2", b"y")])
+    assert sorted(refused) == ["d1", "d2"]
+    assert all(f"not connected to the MQTT broker at 127.0.0.1:{closed_port}" in r for r in refused.values())
+
+
 def _inbound(fleet: str, device_id: str, payload: bytes) -> InboundMessage:
     return InboundMessage(FleetTopics(fleet).device(device_id).status, payload)
 

@@ -262,7 +262,10 @@ def test_a_trial_without_traffic_ends_on_time_and_says_it_judged_little(tmp_path
     run(scenario())
 
 
-def test_a_newer_desired_state_ends_the_trial_early_on_what_it_saw(tmp_path: Path) -> None:
+def test_a_newer_desired_state_naming_the_previous_version_withdraws_the_trial(tmp_path: Path) -> None:
+    """The hub restores what served before (an aborted rollout): the candidate is set aside unjudged,
+    never kept, never refused, and the previous version serves again without a trial of its own."""
+
     async def scenario() -> None:
         agent = make_agent(tmp_path)
         await serve_first(agent)
@@ -273,17 +276,67 @@ def test_a_newer_desired_state_ends_the_trial_early_on_what_it_saw(tmp_path: Pat
             Traffic(agent).send(5)
             agent.on_desired(desired("identity", 3).SerializeToString())
             await agent.wait_serving(REFS["identity"].sha256, timeout=5)
+            await agent.updater.wait_until(lambda: agent.state.state.applied_generation == 3, timeout=10)
+        finally:
+            loop.cancel()
+        got = events(agent)
+        (withdrawn,) = [e for e in got if e.kind == K.EVENT_KIND_TRIAL_WITHDRAWN]
+        assert withdrawn.generation == 2 and withdrawn.model.sha256 == REFS["scaled"].sha256
+        assert "withdrawn by generation 3, which names clf:identity" in withdrawn.reason
+        assert not [e for e in got if e.kind in (K.EVENT_KIND_COMMITTED, K.EVENT_KIND_ROLLED_BACK)]
+        assert not [e for e in got if e.kind == K.EVENT_KIND_TRIAL_STARTED and e.generation == 3]
+        assert agent.state.state.active == REFS["identity"]
+        assert agent.state.state.refused == ()
+        assert agent.updater.trial is None and not agent.updater.last_failure
+
+    run(scenario())
+
+
+def test_a_third_version_is_judged_against_the_version_that_served_before_the_withdrawn_one(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        agent = make_agent(tmp_path)
+        await serve_first(agent)
+        loop = asyncio.create_task(agent.updater.run())
+        try:
+            agent.on_desired(desired("scaled", 2).SerializeToString())
+            await agent.updater.wait_until(lambda: agent.updater.trial is not None, timeout=10)
+            agent.on_desired(desired("shifted", 3).SerializeToString())
             await agent.updater.wait_until(
                 lambda: (
-                    agent.updater.trial is not None and agent.updater.trial.candidate.ref == REFS["identity"]
+                    agent.updater.trial is not None and agent.updater.trial.candidate.ref == REFS["shifted"]
                 ),
                 timeout=10,
             )
+            trial = agent.updater.trial
+            assert trial is not None and trial.previous is not None
+            assert trial.previous.ref == REFS["identity"]
+        finally:
+            loop.cancel()
+        kinds = [(e.kind, e.generation) for e in events(agent)]
+        assert (K.EVENT_KIND_TRIAL_WITHDRAWN, 2) in kinds and (K.EVENT_KIND_COMMITTED, 2) not in kinds
+
+    run(scenario())
+
+
+def test_a_newer_generation_of_the_same_version_lets_the_trial_run_on(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        agent = make_agent(tmp_path)
+        await serve_first(agent)
+        loop = asyncio.create_task(agent.updater.run())
+        try:
+            agent.on_desired(desired("scaled", 2).SerializeToString())
+            await agent.updater.wait_until(lambda: agent.updater.trial is not None, timeout=10)
+            agent.on_desired(desired("scaled", 3).SerializeToString())
+            Traffic(agent).send(TRIAL.window_requests)
+            await agent.updater.wait_until(lambda: agent.state.state.applied_generation == 3, timeout=10)
         finally:
             loop.cancel()
         got = events(agent)
         (committed,) = [e for e in got if e.kind == K.EVENT_KIND_COMMITTED]
-        assert committed.generation == 2 and "cut short by generation 3" in committed.reason
+        assert committed.generation == 2
+        assert not [e for e in got if e.kind == K.EVENT_KIND_TRIAL_WITHDRAWN]
         assert agent.state.state.active == REFS["scaled"]
 
     run(scenario())

@@ -249,7 +249,7 @@ def test_devices_list_and_detail(
     assert [d["id"] for d in client.get("/api/v1/devices?label=site=a", headers=viewer).json()["data"]] == [
         "d1"
     ]
-    assert client.get("/api/v1/devices?label=nokey", headers=viewer).status_code == 422
+    assert client.get("/api/v1/devices?label=site in a", headers=viewer).status_code == 422
 
     detail = client.get("/api/v1/devices/d1", headers=viewer).json()
     assert [e["seq"] for e in detail["recent_events"]] == [2, 1]

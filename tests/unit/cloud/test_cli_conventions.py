@@ -20,7 +20,9 @@ from cloud.cli.common import ExitCode, exit_code_for, short_prefixes
 from cloud.client.hub import HubError, HubUnreachableError, validation_sentence
 
 runner = CliRunner()
-PYTHON_TYPE = re.compile(r"<[^<>\s]*\[[^<>]*\]>")  # <list[str]>, <dict[str, str]>, ...
+# <list[str]>, <dict[str, str]>, and the bare ones typer prints for an option without a value name:
+# <int>, <str>, <bool>, <float>, <path>, <int range>.
+PYTHON_TYPE = re.compile(r"<[^<>\s]*\[[^<>]*\]>|<(?:int|str|bool|float|path|datetime)(?: range)?>")
 
 
 def _walk(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -36,7 +38,8 @@ COMMANDS = list(_walk(typer.main.get_command(app)))
 def test_the_walk_finds_every_command_group() -> None:
     names = {" ".join(p) for p in COMMANDS}
     for expected in ("models show", "devices show", "experiments show", "keys init", "firmware assign",
-                     "rollbacks ls", "train", "simulate", "demo", "hub", "assign"):  # fmt: skip
+                     "rollbacks ls", "train", "simulate", "demo", "hub", "assign", "cohorts create",
+                     "rollouts watch", "devices label"):  # fmt: skip
         assert expected in names
 
 
@@ -73,9 +76,15 @@ def test_agent_version_prints_the_package_version() -> None:
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (["assign", "--model", "m", "--version", "1"], "give --device ID (repeatable) or --label KEY=VALUE"),
+        (["assign", "--model", "m", "--version", "1"], "give --device ID (repeatable) or --label SELECTOR"),
         (["assign", "--model", "m", "--version", "1", "-d", "a", "--label", "site=lab"], "are exclusive"),
-        (["assign", "--model", "m", "--version", "1", "--label", "site"], "expected KEY=VALUE; got 'site'"),
+        (["assign", "--model", "m", "--version", "1", "--label", "site in lab"],
+         "--label: invalid label selector 'site in lab' at position 8: expected '(' after 'in', got 'lab'"),
+        (["devices", "ls", "--label", "site=lab,,"], "at position 9: expected a label key or '!', got ','"),
+        (["devices", "label", "cam-01", "site"], "expected KEY=VALUE, KEY=- or KEY-; got 'site'"),
+        (["cohorts", "create", "lab"], "give --selector SELECTOR, --device ID (repeatable), or both"),
+        (["cohorts", "create", "lab", "--selector", "a!b"], "at position 1: expected '=', '==', '!='"),
+        (["cohorts", "ls", "--all", "--limit", "5"], "--all and --limit are exclusive"),
         (["firmware", "assign", "--name", "fw", "--version", "1"], "give --device ID (repeatable)"),
         (["firmware", "assign", "--name", "fw", "--version", "1", "--device", "a", "--label", "a=b"],
          "are exclusive"),

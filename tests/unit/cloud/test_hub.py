@@ -34,7 +34,7 @@ def test_hub_starts_without_a_broker_and_stops_cleanly(tmp_path: Path) -> None:
             headers={"Authorization": f"Bearer {hub.admin_token}"},
             timeout=10,
         )
-        assert listed.json() == {"data": [], "count": 0}
+        assert listed.json() == {"data": [], "count": 0, "next_cursor": None}
         api_url = hub.api_url
     hub.stop()  # idempotent
     with pytest.raises(httpx.ConnectError):

@@ -81,6 +81,30 @@ class TestIngest:
             d = s.get(Device, "d1")
             assert d is not None and d.last_seen == sent
 
+    def test_a_mixed_batch_moves_each_devices_last_seen_forward_never_back(
+        self, ingestor: Ingestor, sessions: SessionFactory, clock: FrozenClock
+    ) -> None:
+        ingestor.ingest([_msg("d1", "status", status("d1").SerializeToString())])
+        later = clock.advance(30)
+        ingestor.ingest(
+            [
+                _msg("d1", "telemetry", telemetry("d1", 1).SerializeToString()),
+                _msg("d2", "events", event("d2", 1).SerializeToString()),  # no status from it yet
+                _msg("d3", "status", status("d3").SerializeToString()),
+                _msg("d3", "telemetry", telemetry("d3", 1).SerializeToString()),
+            ]
+        )
+        clock.advance(-10)  # a clock stepped back (another replica's, say) does not undo what was seen
+        ingestor.ingest([_msg("d1", "telemetry", telemetry("d1", 2).SerializeToString())])
+        with sessions() as s:
+            seen = {d.id: (d.state, d.first_seen, d.last_seen) for d in s.exec(select(Device)).all()}
+        assert seen == {
+            "d1": (DeviceState.ONLINE, T0, later),
+            "d2": (DeviceState.UNKNOWN, later, later),
+            "d3": (DeviceState.ONLINE, later, later),
+        }
+        assert ingestor.stats.snapshot()["telemetry_windows"] == 3
+
     def test_telemetry_and_events_are_stored_once(self, ingestor: Ingestor, sessions: SessionFactory) -> None:
         batch = telemetry("d1", 1, 2).SerializeToString()
         ev = event("d1", 7, event_pb2.EVENT_KIND_ROLLED_BACK).SerializeToString()

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from cloud.errors import NotFoundError
-from cloud.models import ModelVersion
+from cloud.models import ModelVersion, SignedDesired
 from cloud.services.director import open_envelope
 from cloud.services.signing import Signing
 from cloud.tuf import TargetSpec
@@ -111,3 +111,50 @@ def test_rotating_the_director_resigns_and_republishes_every_state(
     payload = signing.publisher.retained["d1"]  # type: ignore[union-attr]
     verified, _ = device_check(signing, payload, clock)
     assert verified.counter == 2
+
+
+def for_device(device_id: str, generation: int = 1) -> desired_pb2.DesiredState:
+    d = desired(generation)
+    d.device_id = device_id
+    return d
+
+
+def test_a_batch_is_sealed_like_one_state_at_a_time_with_the_keys_loaded_once(
+    signing: Signing, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    already = seal(signing, for_device("d3"))
+    loads: list[int] = []
+    director_signers = signing.repo.director_signers
+
+    def counted(session: object = None) -> object:
+        loads.append(1)
+        return director_signers(session)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(signing.repo, "director_signers", counted)
+    batch = [for_device("d1"), for_device("d2"), for_device("d1", generation=2), for_device("d3")]
+    with signing.sessions() as session:
+        envelopes = signing.seal_many(session, batch)
+        session.commit()
+
+    assert len(loads) == 1, "the root and the director keys are read once a batch"
+    assert envelopes[3] == already, "an unchanged, fresh state keeps its envelope"
+    keys = DirectorKeys.from_root(signing.repo.root().signed)
+    now_ms = int(clock().timestamp() * 1000)
+    seen = []
+    for state, payload in zip(batch, envelopes, strict=True):
+        verified, _ = verify_signed_desired(
+            payload, keys, device_id=state.device_id, fleet="f", last=DirectorMark(), now_ms=now_ms,
+            max_bytes=16384,
+        )  # fmt: skip
+        seen.append((verified.device_id, verified.generation, verified.counter))
+    # One device twice in a batch: two counters, in the batch's order.
+    assert seen == [("d1", 1, 1), ("d2", 1, 1), ("d1", 2, 2), ("d3", 1, 1)]
+
+
+def test_a_batch_with_a_model_the_repository_does_not_list_signs_nothing(signing: Signing) -> None:
+    with signing.sessions() as session:
+        with pytest.raises(NotFoundError, match="not a target of the signed repository"):
+            signing.seal_many(session, [for_device("d1"), desired(sha="ab" * 32)])
+        session.rollback()
+    with signing.sessions() as session:
+        assert session.get(SignedDesired, "d1") is None, "no counter was handed out"

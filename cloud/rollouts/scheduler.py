@@ -1,0 +1,172 @@
+"""Running the rollout engine: an APScheduler interval job, and a kick to run it at once.
+
+The job lives in an SQLAlchemy job store on the hub's own database, so its schedule is shared
+by every replica of the hub: whichever replica finds it due runs the tick and moves the next run
+time on, and the others see it already done. A tick is idempotent and leased per rollout
+(``engine.py``), so a tick run twice by two replicas does no step twice. The stored job names
+:func:`run_tick` and a key (database and fleet); each process maps the key to its own scheduler.
+
+``kick()`` runs a tick now: after an operator's action (the API), and when ingest stores an
+event a gate reacts to (a rollback, a failed update), so a failing canary stops within one tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from google.protobuf.message import DecodeError
+
+from cloud.context import HubContext
+from cloud.rollouts import engine
+from cloud.services.ingest import InboundMessage
+from edgefleet_proto.v1 import event_pb2
+
+__all__ = ["JOB_TABLE", "RolloutScheduler", "is_gate_event", "run_tick"]
+
+log = logging.getLogger(__name__)
+
+JOB_TABLE = "apscheduler_rollout_jobs"
+
+_K = event_pb2.EventKind
+# Events that can fail a gate: worth a tick at once rather than at the next interval.
+GATE_EVENTS = frozenset(
+    {
+        _K.EVENT_KIND_ROLLED_BACK,
+        _K.EVENT_KIND_INSTALL_FAILED,
+        _K.EVENT_KIND_VERIFY_FAILED,
+        _K.EVENT_KIND_DESIRED_REJECTED,
+        _K.EVENT_KIND_FIRMWARE_ROLLED_BACK,
+        _K.EVENT_KIND_FIRMWARE_FAILED,
+    }
+)
+
+# The schedulers running in this process, by job key; the stored job finds its own here.
+_running: dict[str, RolloutScheduler] = {}
+_running_lock = threading.Lock()
+
+
+def run_tick(key: str) -> None:
+    """What the stored job calls: a tick by this process's scheduler of ``key``.
+
+    The key is the one of the replica that stored the job last; another replica (which may spell
+    the database URL differently) runs it with its own scheduler of the same fleet.
+    """
+    fleet = key.rpartition("#")[2]
+    with _running_lock:
+        scheduler = _running.get(key)
+        if scheduler is None:
+            same_fleet = [s for k, s in _running.items() if k.rpartition("#")[2] == fleet]
+            scheduler = same_fleet[0] if len(same_fleet) == 1 else None
+    if scheduler is not None:
+        scheduler.tick_now()
+
+
+def is_gate_event(message: InboundMessage) -> bool:
+    """Whether ``message`` is a device event that a rollout gate reacts to."""
+    if not message.topic.endswith("/events") or not message.payload:
+        return False
+    try:
+        kind = event_pb2.Event.FromString(message.payload).kind
+    except DecodeError:
+        return False  # ingest counts and logs it
+    return kind in GATE_EVENTS
+
+
+class RolloutScheduler:
+    """Ticks the rollout engine every ``interval_s`` seconds, and at once when kicked."""
+
+    def __init__(
+        self, ctx: HubContext, *, interval_s: float | None = None, owner: str = engine.OWNER
+    ) -> None:
+        self.ctx = ctx
+        self.interval_s = interval_s or ctx.settings.rollout_tick_s
+        self.owner = owner
+        url = ctx.engine.url.render_as_string(hide_password=True)
+        self.key = f"{url}#{ctx.settings.fleet}"
+        self.job_id = f"edgefleet-rollout-tick/{ctx.settings.fleet}"
+        self._scheduler: BackgroundScheduler | None = None
+        self._tick_lock = threading.Lock()
+        # Set by a kick; a tick under way when it comes runs once more, so no kick is lost.
+        self._kicked = threading.Event()
+        self.ticks = 0
+
+    def tick_now(self) -> list[str]:
+        """Run ticks until no kick came during one; never raises (the next interval retries)."""
+        advanced: list[str] = []
+        with self._tick_lock:
+            while True:
+                self._kicked.clear()
+                try:
+                    advanced += engine.tick(self.ctx, owner=self.owner)
+                except Exception:
+                    log.exception("rollout tick failed; retrying at the next interval")
+                self.ticks += 1
+                if not self._kicked.is_set():
+                    return advanced
+
+    def kick(self) -> None:
+        """Tick as soon as possible (coalesced with a tick already due or under way)."""
+        scheduler = self._scheduler
+        if scheduler is None or self._kicked.is_set():
+            return
+        self._kicked.set()
+        if self._tick_lock.locked():
+            return  # the tick under way sees the flag and runs once more
+        try:
+            scheduler.modify_job(self.job_id, next_run_time=datetime.now(UTC))
+        except JobLookupError:
+            log.warning("the rollout tick job %s is gone; the next start adds it again", self.job_id)
+
+    def kick_on_events(self, messages: Sequence[InboundMessage]) -> None:
+        """Kick when a batch that ingest stored holds an event a gate reacts to."""
+        if any(is_gate_event(m) for m in messages):
+            self.kick()
+
+    def start(self) -> None:
+        if self._scheduler is not None:
+            raise RuntimeError("the rollout scheduler is already running")
+        with _running_lock:
+            if self.key in _running:
+                raise RuntimeError(f"a rollout scheduler for {self.key} already runs in this process")
+            _running[self.key] = self
+        store = SQLAlchemyJobStore(engine=self.ctx.engine, tablename=JOB_TABLE)
+        scheduler = BackgroundScheduler(
+            jobstores={"default": store},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+            daemon=True,
+        )
+        # Replaced at each start: a stored job from an earlier start (or another replica) keeps
+        # its id, so there is one schedule per database and fleet.
+        scheduler.add_job(
+            run_tick,
+            "interval",
+            seconds=self.interval_s,
+            id=self.job_id,
+            args=[self.key],
+            replace_existing=True,
+            next_run_time=datetime.now(UTC),
+        )
+        try:
+            scheduler.start()
+        except BaseException:
+            with _running_lock:
+                _running.pop(self.key, None)
+            raise
+        self._scheduler = scheduler
+        log.info("rollout engine ticks every %g s", self.interval_s)
+
+    def stop(self) -> None:
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            # The stored job stays: another replica (or this hub's next start) runs it.
+            scheduler.shutdown(wait=True)
+        with _running_lock:
+            if _running.get(self.key) is self:
+                del _running[self.key]
