@@ -258,9 +258,11 @@ def test_event_figures_keep_their_types(
         kind=event_pb2.EVENT_KIND_COMMITTED,
         details={"requests": "24"},
     )
+    # The device is known once its status is stored; its events may only arrive after that.
+    _stored(sessions, "d3", lambda d: d.state is DeviceState.ONLINE)
     device.publish(topic, typed.SerializeToString())
     device.publish(topic, older.SerializeToString())
-    wait_for(lambda: len(api.get("/api/v1/devices/d3/events").json()["data"]) == 2)
+    wait_for(lambda: len(api.get("/api/v1/devices/d3/events").json().get("data", [])) == 2)
     events = {e["seq"]: e["details"] for e in api.get("/api/v1/devices/d3/events").json()["data"]}
     assert events[1] == {**figures, "ratio": "nan"}
     assert type(events[1]["requests"]) is int and type(events[1]["p95_ms"]) is float
