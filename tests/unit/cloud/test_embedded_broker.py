@@ -13,7 +13,11 @@ CONFIG = {"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}}
 
 
 async def _walk_while_others_subscribe(broker: Broker) -> list[str]:
-    """What amqtt does on a connect: await per topic filter, while other clients (un)subscribe."""
+    """What amqtt does on a connect: await per topic filter, while other clients (un)subscribe.
+
+    Each ``asyncio.sleep(0)`` is the ``await`` inside amqtt's loop: a yield to the other task at a
+    fixed point, which makes the interleaving deterministic; nothing here waits for time to pass.
+    """
     table = broker._subscriptions
     table.update({f"ef/v1/f/dev/d{i}/{channel}": [] for i in range(5) for channel in ("desired", "cmd")})
 
