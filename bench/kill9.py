@@ -3,7 +3,7 @@
     python bench/kill9.py                       # 200 runs against Mosquitto on 127.0.0.1:1883
     python bench/kill9.py --runs 50 --mqtt-port 1884
 
-The harness is tests/fault/kill9.py (CI runs 10 of these in tests/fault/test_kill9.py):
+The harness is bench/_kill9.py (CI runs 10 of these in tests/fault/test_kill9.py):
 the real agent process updates from a paced test artifact service, is killed with SIGKILL
 at a random instant, and is started again; it must answer on its local API with its
 committed model, whose artifact verifies, and then finish the update on its own. The
@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._kill9 import run_harness, summary
 from bench.agent import machine, versions
-from tests.fault.kill9 import run_harness, summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,8 @@ class HubContext:
     # Advance the rollouts now rather than at the next interval (after an operator's action, or an
     # event a gate reacts to); a no-op where no rollout scheduler runs (tests, tools).
     kick_rollouts: Callable[[], None] = lambda: None
+    # Messages the MQTT broker dropped ($SYS/broker/publish/messages/dropped), for /metrics; None: not known.
+    broker_dropped: Callable[[], int | None] | None = None
     sessions: SessionFactory = field(init=False)
 
     def __post_init__(self) -> None:

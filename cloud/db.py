@@ -99,7 +99,12 @@ def _configure_sqlite(engine: Engine) -> None:
 
 def create_all(engine: Engine) -> None:
     """Create every table the hub's models declare (idempotent)."""
-    import cloud.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+    # Each import registers its tables on SQLModel.metadata.
+    import cloud.alerts.tables
+    import cloud.drift.tables
+    import cloud.models
+    import cloud.telemetry.tables
+    import cloud.training.continuous.tables  # noqa: F401
 
     try:
         SQLModel.metadata.create_all(engine)

@@ -23,7 +23,9 @@ from cloud.artifacts import ArtifactStore
 from cloud.clock import Clock, utcnow
 from cloud.context import HubContext
 from cloud.db import SessionFactory, read_session_factory, session_factory
+from cloud.drift import gates as drift_gates
 from cloud.errors import HubError
+from cloud.observe import ObserveCycle
 from cloud.rollouts.scheduler import RolloutScheduler
 from cloud.services import assignments, registry
 from cloud.services.director import Director
@@ -32,6 +34,7 @@ from cloud.services.signing import Signing
 from cloud.services.tokens import ensure_admin_token
 from cloud.settings import Settings
 from cloud.startup import HubStartError, bind_http_socket, open_database, probe_port
+from cloud.training.continuous.pipeline import PipelineConfig
 from cloud.transport.grpc_server import ArtifactServer, GrpcServerError, bind_grpc_server, serve_artifacts
 from cloud.transport.mqtt import HubMqtt, check_broker
 from cloud.tuf import TufSettings, ensure_initialized, open_repository
@@ -54,6 +57,7 @@ class Hub:
         clock: Clock = utcnow,
         tuf_settings: TufSettings | None = None,
         broker_check_s: float | None = None,
+        training: PipelineConfig | None = None,
     ) -> None:
         self.settings = settings
         # None: start without the broker and connect when it comes up (tests, the demo);
@@ -74,6 +78,9 @@ class Hub:
         self.context: HubContext | None = None
         self._resigner: ResignScheduler | None = None
         self._rollouts: RolloutScheduler | None = None
+        self._observe: ObserveCycle | None = None
+        # How continuous-training runs train (None: the production defaults; the demo makes them small).
+        self._training = training
         # EDGEFLEET_TUF_* settings; tests and the demo hand in their own.
         self.tuf_settings = tuf_settings or TufSettings()
         self.ingestor: Ingestor | None = None
@@ -146,6 +153,7 @@ class Hub:
             mqtt_connected=lambda: mqtt.connected,
             clock=self._clock,
             signing=signing,
+            broker_dropped=lambda: mqtt.broker_dropped,
         )
         mqtt.start()
         self._resigner = ResignScheduler(signing.repo, signing.director, sessions, signing.publish_all)
@@ -155,6 +163,10 @@ class Hub:
         self._rollouts = RolloutScheduler(self.context)
         self.context.kick_rollouts = self._rollouts.kick
         self._rollouts.start()
+        # Rollups, drift and accuracy scores, alerts and retraining triggers (cloud.observe).
+        observe = self._observe = ObserveCycle(self.context, training=self._training)
+        drift_gates.configure(observe.baseline, alpha=s.drift_alpha)
+        observe.start()
 
     def _ingest_batch(self, messages: Sequence[InboundMessage]) -> None:
         if self.ingestor is None:
@@ -225,6 +237,8 @@ class Hub:
         # First: a tick must not publish through a transport that is going away.
         if self._rollouts is not None:
             self._rollouts.stop()
+        if self._observe is not None:
+            self._observe.stop()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._api_thread is not None:
@@ -281,6 +295,13 @@ class Hub:
         if self._grpc_port is None:
             raise RuntimeError("the hub is not started: no gRPC endpoint yet")
         return self.settings.public_grpc_endpoint(self._grpc_port)
+
+    @property
+    def observe(self) -> ObserveCycle:
+        """The observe cycle (``run_once()`` runs one now)."""
+        if self._observe is None:
+            raise RuntimeError("the hub is not started: no observe cycle yet")
+        return self._observe
 
     @property
     def mqtt(self) -> HubMqtt:

@@ -176,7 +176,12 @@ class DesiredState(SQLModel, table=True):
 
 class TelemetryWindow(SQLModel, table=True):
     __tablename__ = "telemetry_window"
-    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_telemetry_window_device_seq"),)
+    __table_args__ = (
+        UniqueConstraint("device_id", "seq", name="uq_telemetry_window_device_seq"),
+        # Rollups find new rows by arrival and group them by bucket; retention deletes by window end.
+        Index("ix_telemetry_window_received", "received_at"),
+        Index("ix_telemetry_window_end", "window_end"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     # No foreign key: telemetry may arrive before the device's first status does.
@@ -193,6 +198,10 @@ class TelemetryWindow(SQLModel, table=True):
     p99_ms: float = 0.0
     mean_ms: float = 0.0
     max_ms: float = 0.0
+    # What the agent process used over the window (edgefleet.v1.ResourceUsage); None: not reported.
+    cpu_percent: float | None = None
+    rss_bytes: int | None = Field(default=None, sa_type=BigInteger)
+    peak_rss_bytes: int | None = Field(default=None, sa_type=BigInteger)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

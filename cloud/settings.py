@@ -56,6 +56,34 @@ class Settings(BaseSettings):
     # How often the rollout engine advances every active rollout (it is also kicked on mutations).
     rollout_tick_s: float = Field(default=2.0, gt=0)
 
+    # Fleet observability (cloud.telemetry, cloud.drift, cloud.alerts, cloud.training.continuous).
+    # Rollups and scores are kept per cohort x model version x bucket of this many seconds.
+    rollup_bucket_s: int = Field(default=300, ge=10, le=86_400)
+    # How often rollups are rebuilt, drift scored, alert rules evaluated and training triggers checked.
+    observe_interval_s: float = Field(default=30.0, gt=0)
+    # Raw sketch and telemetry rows expire after this long (late windows older than it are not rolled up).
+    raw_retention_s: int = Field(default=7 * 86_400, ge=3600)
+    # Rollups and cohort metrics are kept this many days.
+    rollup_retention_days: int = Field(default=400, ge=1)
+    # Significance level of the KS drift test.
+    drift_alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    # Webhook delivery of alert notifications.
+    alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
+    alert_webhook_attempts: int = Field(default=6, ge=1, le=20)
+    alert_webhook_backoff_s: float = Field(default=1.0, gt=0)
+    # HMAC-SHA256 key for the X-Edgefleet-Signature header (unset: the hub makes one in data_dir).
+    alert_webhook_secret: SecretStr | None = None
+    # What a continuous-training run does with a challenger that beats the champion: start a canary
+    # rollout at once, or wait for an operator's approval.
+    ct_policy: Literal["canary", "approval"] = "approval"
+    # A cron expression (UTC) for scheduled retraining; unset: no schedule.
+    ct_schedule: str | None = None
+    # Retrain once this many new labelled predictions have been reported since the last run (0: never).
+    ct_labelled_samples: int = Field(default=0, ge=0)
+    # Retrain when a cohort's labelled accuracy drops this many points below the champion's held-out
+    # accuracy (0: never).
+    ct_accuracy_drop: float = Field(default=0.0, ge=0, le=1)
+
     @field_validator("fleet")
     @classmethod
     def _fleet_is_an_id(cls, value: str) -> str:

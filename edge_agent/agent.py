@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +35,8 @@ from edge_agent.errors import (
     StateFileError,
     StoreError,
 )
-from edge_agent.fetcher import ChannelPool, Fetcher, GrpcFetcher
+from edge_agent.feedback import FeedbackResult, FeedbackStore
+from edge_agent.fetcher import ChannelPool, Fetcher, GrpcFetcher, SyncChannels
 from edge_agent.link import MqttLink
 from edge_agent.logs import device_logger
 from edge_agent.memory import release_free_memory
@@ -44,17 +46,18 @@ from edge_agent.resources import Resources
 from edge_agent.runtime import RuntimeOptions, RuntimeRegistry
 from edge_agent.server import LocalApiServer
 from edge_agent.serving import LoadedModel, Prediction, ServingSlot, TrialRoute
+from edge_agent.sketching import SketchRecorder
 from edge_agent.state import PersistentState, StateFile
 from edge_agent.store import ArtifactStore
 from edge_agent.sysinfo import capabilities
 from edge_agent.tasks import cancel_and_wait
 from edge_agent.telemetry import TelemetryRecorder
 from edge_agent.trust.attach import Trust, attach_trust
-from edge_agent.trust.transport import SyncChannels
 from edge_agent.updater import Updater
 from edge_agent.verify import ArtifactVerifier, DesiredDecoder
+from edge_agent.window_sketch import ProfileSpecs
 from edgefleet_proto.topics import DeviceTopics
-from edgefleet_proto.v1 import command_pb2, common_pb2, device_pb2, event_pb2, telemetry_pb2
+from edgefleet_proto.v1 import command_pb2, common_pb2, device_pb2, event_pb2, sketch_pb2, telemetry_pb2
 
 __all__ = ["AGENT_VERSION", "Agent"]
 
@@ -102,6 +105,19 @@ class Agent:
             next_seq=self.state.next_telemetry_seq,
             max_samples=config.telemetry.max_samples_per_window,
             rng=rng,
+        )
+        # Drift sketches ride along with telemetry windows; predictions stay open to labels.
+        sk = config.sketch
+        self.sketches = SketchRecorder(
+            specs=ProfileSpecs(self.store, override=sk.reduction or None, logger=self._log),
+            publish=self._publish_sketch,
+            k=sk.k,
+            buffer_rows=sk.buffer_rows,
+            sketch_inputs=sk.enabled,
+            logger=self._log,
+        )
+        self.feedback_store = FeedbackStore(
+            capacity=sk.feedback_capacity, ttl_s=sk.feedback_ttl_s, clock=self._clock
         )
         self._runtimes = runtimes or RuntimeRegistry()
         self._runtime_options = RuntimeOptions(intra_op_threads=config.runtime.intra_op_threads)
@@ -228,22 +244,39 @@ class Agent:
             self.telemetry.record(0.0, error=True)
             raise NoModelError("no model is serving yet: the device waits for its desired state")
         try:
-            outputs = loaded.runtime.predict(loaded.check(inputs))
+            checked = loaded.check(inputs)
+            outputs = loaded.runtime.predict(checked)
         except (InputError, InferenceError):
             self.telemetry.record((self._clock.monotonic() - start) * 1000, error=True)
             raise
         latency_ms = (self._clock.monotonic() - start) * 1000
         self.telemetry.record(latency_ms)
-        return Prediction(outputs=outputs, model=loaded.ref, latency_ms=latency_ms)
+        # Copies into preallocated buffers only; the sketching happens in bulk, off this path.
+        model = loaded.ref
+        slot = self.sketches.record(model, next(iter(checked.values())), next(iter(outputs.values())))
+        return Prediction(outputs, model, latency_ms, self.feedback_store.remember(model, slot, start))
 
     def _predict_trial(self, trial: TrialRoute, inputs: Mapping[str, npt.ArrayLike]) -> Prediction:
         start = self._clock.monotonic()
+        arrays = {name: np.asarray(value) for name, value in inputs.items()}
         try:
-            result = trial.predict({name: np.asarray(value) for name, value in inputs.items()})
+            result = trial.predict(arrays)
         except (InputError, InferenceError):
             self.telemetry.record((self._clock.monotonic() - start) * 1000, error=True)
             raise
         self.telemetry.record(result.latency_ms)
+        slot = self.sketches.record(
+            result.model, _first_input(arrays, self.serving.current), next(iter(result.outputs.values()))
+        )
+        prediction_id = self.feedback_store.remember(result.model, slot, start)
+        return Prediction(result.outputs, result.model, result.latency_ms, prediction_id)
+
+    def feedback(self, prediction_id: str, label: int) -> FeedbackResult:
+        """The true class of an earlier prediction (by :attr:`Prediction.id`), counted into the
+        open window's labels. Raises UnknownPredictionError (unknown or expired id),
+        DuplicateLabelError (labelled already) or LabelError (not one of the model's classes)."""
+        result = self.feedback_store.label(prediction_id, label)
+        self.sketches.count_label(result.model.version, result.label, result.predicted)
         return result
 
     # -- link handler ----------------------------------------------------------------------------
@@ -375,6 +408,7 @@ class Agent:
             await cancel_and_wait([stopper, ready, *workers[1:]])
             # The last window and queued events go out before OFFLINE (the link drains, briefly).
             self._queue_window(final=True)
+            self.sketches.flush()
             link_stop.set()
             with contextlib.suppress(Exception):
                 await link_task
@@ -443,22 +477,30 @@ class Agent:
             # A periodic timer, not a wait for something to happen.
             await asyncio.sleep(self.config.telemetry.interval_s)
             self._queue_window()
+            self.sketches.flush()  # bulk sketching of the closed window, here off the request path
 
     def _queue_window(self, *, final: bool = False, model: common_pb2.ModelRef | None = None) -> None:
         current = self.serving.current
         served = model or (current.ref if current is not None else None)
-        if self.telemetry.requests == 0 and (served is None or final):
+        if self.telemetry.requests == 0 and (served is None or final) and not self.sketches.has_labels:
             # Nothing served and nothing asked, or a shutdown with nothing to say: no window.
             self.telemetry.restart()
             return
         window = self.telemetry.close_window(model=served)
         batch = telemetry_pb2.TelemetryBatch(device_id=self.device_id, windows=[window])
         self.outbox.put(OutMessage(self.topics.telemetry, batch.SerializeToString()))
+        # The sketch window with the same seq; published by SketchRecorder.flush (on the event loop).
+        self.sketches.seal(window)
+
+    def _publish_sketch(self, window: sketch_pb2.SketchWindow) -> None:
+        batch = sketch_pb2.SketchBatch(device_id=self.device_id, windows=[window])
+        self.outbox.put(OutMessage(self.topics.sketch, batch.SerializeToString()))
 
     def _before_swap(self, old: LoadedModel | None, new: LoadedModel | None) -> None:
-        # Close the window on the old model so that no window mixes two versions.
-        if old is not None and self.telemetry.requests:
-            self._queue_window(model=old.ref)
+        # Close the window on the old model so that no window mixes two versions; requests refused
+        # while no model served close as a window of no model, so the first version is not blamed.
+        if self.telemetry.requests:
+            self._queue_window(model=old.ref if old is not None else None)
 
     def _on_change(self) -> None:
         self.link.request_status()
@@ -492,6 +534,15 @@ class Agent:
         what = f"{model.name}:{model.version}" if model is not None and model.name else ""
         line = reason if reason.startswith(what) else f"{what} {reason}"
         self.outbox.note(event.ts_ms, name, line.strip())
+
+
+def _first_input(inputs: Mapping[str, npt.NDArray[Any]], loaded: LoadedModel | None) -> npt.NDArray[Any]:
+    """The model's first input among ``inputs`` (the one a data profile describes)."""
+    if len(inputs) > 1 and loaded is not None:
+        first = inputs.get(loaded.runtime.inputs[0].name)
+        if first is not None:
+            return first
+    return next(iter(inputs.values()))
 
 
 def _open_outbox(config: AgentConfig) -> Outbox:

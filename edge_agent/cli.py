@@ -3,10 +3,14 @@
     edgefleet-agent --config /etc/edgefleet/agent.toml        (same as `run`)
     edgefleet-agent run --config /etc/edgefleet/agent.toml
     edgefleet-agent simulate --devices 100 --fleet demo --state-root /tmp/fleet
+    edgefleet-agent simulate --devices 100 --fleet demo --state-root /tmp/fleet \
+        --traffic-rate 1 --traffic-data digits.npz --label-mix region=north:50,region=south:50 \
+        --shift region=north:0.5 [--shift-paused]
     edgefleet-agent status --config /etc/edgefleet/agent.toml [--json]
 
 SIGTERM and SIGINT stop cleanly: the agent flushes telemetry and publishes
-OFFLINE before it exits. argparse keeps the agent light (no CLI framework).
+OFFLINE before it exits. SIGUSR1 to `simulate` switches its --shift rules off
+and on. argparse keeps the agent light (no CLI framework).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -27,6 +32,7 @@ from edge_agent.logs import configure_logging
 if TYPE_CHECKING:
     from edge_agent.sim_labels import LabelMix
     from edge_agent.sim_mix import DeviceKind
+    from edge_agent.sim_traffic import ShiftRule, TrafficPlan
 
 __all__ = ["main"]
 
@@ -101,6 +107,7 @@ async def _simulate(args: argparse.Namespace) -> None:
             hardware_id=args.firmware_hardware or "", factory_bundle=args.firmware_factory
         ),
         trial=TrialConfig(window_s=args.trial_window),
+        traffic=args.traffic_plan,
     )
 
 
@@ -131,6 +138,42 @@ def _parse_runtimes_mix(text: str) -> list[DeviceKind]:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+def _parse_shift(text: str) -> ShiftRule:
+    from edge_agent.sim_traffic import parse_shift
+
+    try:
+        return parse_shift(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _traffic_plan(args: argparse.Namespace) -> TrafficPlan | None:
+    """The traffic the simulated devices serve (None: off); reads the data file, so bad data shows
+    up front (also with --check). ConfigError says what is wrong."""
+    from edge_agent.sim_traffic import TrafficData, TrafficPlan
+
+    if args.traffic_rate == 0:
+        if args.traffic_data is not None or args.shift or args.shift_paused:
+            raise ConfigError(
+                "--traffic-data, --shift and --shift-paused take effect with --traffic-rate R > 0 "
+                "(default 0: off)"
+            )
+        return None
+    if args.traffic_data is None:
+        raise ConfigError("--traffic-rate needs --traffic-data PATH.npz (arrays x and optional y)")
+    if args.shift_paused and not args.shift:
+        raise ConfigError(
+            "--shift-paused holds back --shift rules: expected at least one --shift SELECTOR:AMOUNT"
+        )
+    return TrafficPlan(
+        rate=args.traffic_rate,
+        data=TrafficData.load(args.traffic_data),
+        shifts=tuple(args.shift),
+        shift_paused=args.shift_paused,
+        feedback_rate=args.feedback_rate,
+    )
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -148,6 +191,26 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected requests per second >= 0, got {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}")
+    return value
+
+
 def _package_version() -> str:
     """The installed distribution's version (what pip shows), else the package's own."""
     from importlib import metadata
@@ -160,6 +223,7 @@ def _package_version() -> str:
 
 def _build_parser() -> argparse.ArgumentParser:
     from edge_agent.config import TrialConfig
+    from edge_agent.sim_traffic import DEFAULT_FEEDBACK_RATE
 
     parser = argparse.ArgumentParser(
         prog="edgefleet-agent",
@@ -191,7 +255,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "simulate",
         help="run N simulated devices in one process",
         description="Run N real agents in one process, each with its own state folder under --state-root. "
-        'Prints {"event": "ready", ...} on stdout once all are connected.',
+        'Prints {"event": "ready", ...} on stdout once all are connected. SIGUSR1 switches the --shift '
+        'rules off and on, and prints {"event": "shift", "on": true|false, "devices": N} on stdout.',
+        epilog="example: edgefleet-agent simulate --devices 100 --fleet demo --state-root /tmp/fleet "
+        "--label-mix region=north:50,region=south:50 --traffic-rate 1 --traffic-data digits.npz "
+        "--shift region=north:0.5 (every device asks its model once a second; the northern half "
+        "sees rows moved by half a standard deviation). Add --shift-paused to start unshifted, then "
+        "kill -USR1 PID to move the northern half's rows (and again to move them back).",
     )
     sim.add_argument("--devices", type=_positive_int, default=10, metavar="N", help="devices (default 10)")
     sim.add_argument("--fleet", required=True, help="fleet name")
@@ -260,6 +330,45 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"seconds a new version is on trial at most, with or without traffic (default "
         f"{TrialConfig().window_s:g}; 0: until the request window ends)",
     )
+    sim.add_argument(
+        "--traffic-rate",
+        type=_rate,
+        default=0.0,
+        metavar="R",
+        help="requests per second each device serves itself, jittered (default 0: none), e.g. "
+        "--traffic-rate 1 --traffic-data digits.npz; a summary goes to stderr at the end",
+    )
+    sim.add_argument(
+        "--traffic-data",
+        type=Path,
+        metavar="PATH.npz",
+        help="rows to send: an .npz with x (N, ...) float32, reshaped to the model's input, and "
+        "optional y (N,) class ids, sent back as feedback",
+    )
+    sim.add_argument(
+        "--shift",
+        action="append",
+        type=_parse_shift,
+        default=[],
+        metavar="SELECTOR:AMOUNT",
+        help="shift the rows of the devices whose labels match (repeatable): region=north:0.5 adds "
+        "0.5 std to every feature, region=north:scale=1.3 multiplies; *:0.5 means every device",
+    )
+    sim.add_argument(
+        "--shift-paused",
+        action="store_true",
+        help="check the --shift rules but send unshifted rows until the process gets SIGUSR1 (each "
+        "SIGUSR1 switches them on or off), e.g. --shift region=north:0.5 --shift-paused, then "
+        "kill -USR1 PID",
+    )
+    sim.add_argument(
+        "--feedback-rate",
+        type=_share,
+        default=DEFAULT_FEEDBACK_RATE,
+        metavar="F",
+        help="share of answers whose true label (y) goes back as feedback "
+        f"(default {DEFAULT_FEEDBACK_RATE:g})",
+    )
     sim.add_argument("--log-level", dest="sim_log_level", metavar="LEVEL", help="log level (default WARNING)")
     sim.add_argument("--check", action="store_true", help="check the options and exit without running")
     return parser
@@ -274,6 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         both = sorted({key for key, _ in args.label} & set(args.label_mix.keys))
         if both:
             parser.error(f"label {', '.join(both)} is given by both --label and --label-mix: give it once")
+    if command == "simulate":
+        try:
+            args.traffic_plan = _traffic_plan(args)
+        except ConfigError as e:
+            parser.error(str(e))
     if command == "simulate" and args.check:
         return 0
     if command is None:

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 from edge_agent.errors import ConfigError
 from edge_agent.trust.config import FirmwareConfig, TrustConfig
 from edgefleet_proto.topics import DEFAULT_PREFIX, TopicError, validate_id, validate_prefix
+from model_tools.profile import REDUCTIONS
 
 __all__ = [
     "AgentConfig",
@@ -30,6 +31,7 @@ __all__ = [
     "MqttProtocol",
     "QueueConfig",
     "RuntimeConfig",
+    "SketchConfig",
     "TelemetryConfig",
     "TrialConfig",
     "TrialMode",
@@ -122,6 +124,38 @@ class TelemetryConfig:
             raise ConfigError(
                 f"telemetry.max_samples_per_window: expected >= 1, got {self.max_samples_per_window}"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class SketchConfig:
+    """Drift sketches per telemetry window, and label feedback (edge_agent.sketching, edge_agent.feedback)."""
+
+    enabled: bool = True
+    # KLL accuracy: ~1.65% rank error at 200, and the hub's drift scores assume at least that.
+    k: int = 200
+    # "" follows the version's data profile (else "columns" for (N, F) inputs, "channel_means" for
+    # (N, C, ...)); one of model_tools.profile.REDUCTIONS overrides it.
+    reduction: str = ""
+    # Rows copied per buffer before the buffer is sketched in bulk (fewer for large inputs).
+    buffer_rows: int = 256
+    # Predictions kept open to a label, and for how long.
+    feedback_capacity: int = 10_000
+    feedback_ttl_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.k <= 65535:
+            raise ConfigError(f"sketch.k: expected 200..65535 (KLL's accuracy parameter), got {self.k}")
+        if self.reduction and self.reduction not in REDUCTIONS:
+            raise ConfigError(
+                f'sketch.reduction: expected "" (the data profile\'s) or one of {list(REDUCTIONS)}, '
+                f"got {self.reduction!r}"
+            )
+        if not 1 <= self.buffer_rows <= 65536:
+            raise ConfigError(f"sketch.buffer_rows: expected 1..65536, got {self.buffer_rows}")
+        if self.feedback_capacity < 1:
+            raise ConfigError(f"sketch.feedback_capacity: expected >= 1, got {self.feedback_capacity}")
+        if self.feedback_ttl_s <= 0:
+            raise ConfigError(f"sketch.feedback_ttl_s: expected > 0 seconds, got {self.feedback_ttl_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +321,7 @@ class AgentConfig:
     hub: HubConfig = field(default_factory=HubConfig)
     local_api: LocalApiConfig = field(default_factory=LocalApiConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    sketch: SketchConfig = field(default_factory=SketchConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -502,6 +537,16 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
         interval_s=t.float_("interval_s", 10.0),
         max_samples_per_window=t.int_("max_samples_per_window", 1024),
     )
+    sk = top.table("sketch")
+    d_sk = SketchConfig()
+    sketch = SketchConfig(
+        enabled=sk.bool_("enabled", d_sk.enabled),
+        k=sk.int_("k", d_sk.k),
+        reduction=sk.str_("reduction", d_sk.reduction),
+        buffer_rows=sk.int_("buffer_rows", d_sk.buffer_rows),
+        feedback_capacity=sk.int_("feedback_capacity", d_sk.feedback_capacity),
+        feedback_ttl_s=sk.float_("feedback_ttl_s", d_sk.feedback_ttl_s),
+    )
     r = top.table("runtime")
     runtime = RuntimeConfig(intra_op_threads=r.int_("intra_op_threads", 1))
     b = top.table("backoff")
@@ -574,7 +619,7 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
         bootlimit=fw.int_("bootlimit", FirmwareConfig().bootlimit),
         factory_bundle=fw.path("factory_bundle"),
     )
-    for table in (top, m, h, la, t, r, b, lim, tr, up, q, mt, ts, fw):
+    for table in (top, m, h, la, t, sk, r, b, lim, tr, up, q, mt, ts, fw):
         table.check_unknown()
     return AgentConfig(
         device_id=device_id,
@@ -585,6 +630,7 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
         hub=hub,
         local_api=local_api,
         telemetry=telemetry,
+        sketch=sketch,
         runtime=runtime,
         backoff=backoff,
         limits=limits,

@@ -95,6 +95,25 @@ class NoModelError(AgentError):
     """A prediction was asked for while no model is serving."""
 
 
+# -- label feedback ------------------------------------------------------------------------------
+
+
+class FeedbackError(AgentError):
+    """A label for an earlier prediction was refused (the subclass says why)."""
+
+
+class UnknownPredictionError(FeedbackError):
+    """No prediction with that id is held: never issued, forgotten (capacity), or expired (TTL)."""
+
+
+class DuplicateLabelError(FeedbackError):
+    """The prediction already has a label; each takes one."""
+
+
+class LabelError(FeedbackError, ValueError):
+    """The label is not one of the model's classes (or the prediction has none to label)."""
+
+
 # -- resources -----------------------------------------------------------------------------------
 
 

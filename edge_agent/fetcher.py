@@ -4,13 +4,15 @@
 bytes from ``offset`` on to a partial file and reports progress. The real one,
 :class:`GrpcFetcher`, streams ``ArtifactService.Fetch`` over a channel from a
 :class:`ChannelPool`, so that a thousand simulated agents share one channel per
-endpoint instead of opening a thousand.
+endpoint instead of opening a thousand. :class:`SyncChannels` is its blocking twin, for
+the TUF client, which is synchronous and runs in worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -29,7 +31,7 @@ from edge_agent.errors import (
 )
 from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc, common_pb2
 
-__all__ = ["ChannelPool", "Fetcher", "GrpcFetcher", "write_chunks_from"]
+__all__ = ["ChannelPool", "Fetcher", "GrpcFetcher", "SyncChannels", "write_chunks_from"]
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 # The end-of-stream marker of grpc.aio's read(); the stubs type it only as `object`.
@@ -62,12 +64,7 @@ class ChannelPool:
         channel = self._channels.get(key)
         if channel is None:
             if tls:
-                try:
-                    root = ca_file.read_bytes() if ca_file is not None else None
-                except OSError as e:
-                    raise DownloadError(f"cannot read the hub CA file {ca_file}: {e.strerror}") from e
-                credentials = grpc.ssl_channel_credentials(root_certificates=root)
-                channel = grpc.aio.secure_channel(endpoint, credentials)
+                channel = grpc.aio.secure_channel(endpoint, _credentials(ca_file))
             else:
                 channel = grpc.aio.insecure_channel(endpoint)
             self._channels[key] = channel
@@ -77,6 +74,45 @@ class ChannelPool:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close(None)
+
+
+def _credentials(ca_file: Path | None) -> grpc.ChannelCredentials:
+    try:
+        root = ca_file.read_bytes() if ca_file is not None else None
+    except OSError as e:
+        raise DownloadError(f"cannot read the hub CA file {ca_file}: {e.strerror}") from e
+    return grpc.ssl_channel_credentials(root_certificates=root)
+
+
+class SyncChannels:
+    """Blocking gRPC channels, one per (endpoint, TLS settings), safe to share between threads.
+
+    It lives here rather than beside the TUF transport that uses it, so that an agent can hold
+    one from the start without importing the signed-update stack before it checks anything.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channels: dict[tuple[str, bool, str], grpc.Channel] = {}
+
+    def get(self, endpoint: str, *, tls: bool = False, ca_file: Path | None = None) -> grpc.Channel:
+        """The channel for ``endpoint``; a :class:`DownloadError` when the CA file cannot be read."""
+        key = (endpoint, tls, str(ca_file or ""))
+        with self._lock:
+            channel = self._channels.get(key)
+            if channel is None:
+                if tls:
+                    channel = grpc.secure_channel(endpoint, _credentials(ca_file))
+                else:
+                    channel = grpc.insecure_channel(endpoint)
+                self._channels[key] = channel
+            return channel
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()
 
 
 def _open_at(path: Path, offset: int) -> BinaryIO:

@@ -22,6 +22,7 @@ Jensen-Shannon in bits (0 for identical distributions, 1 for disjoint ones).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -68,6 +69,28 @@ def js_divergence(p: npt.ArrayLike, q: npt.ArrayLike) -> float:
         return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
 
     return max(0.0, min(1.0, (kl(a) + kl(b)) / 2))
+
+
+# One-sided normal quantile behind the sampling allowance: the gate is checked every few requests
+# over a trial, so each check must almost never fail on chance alone.
+_Z_ALLOWANCE = 3.09  # 99.9 %
+
+
+def sampling_allowance(classes: int, n: float) -> float:
+    """How far (JS bits) ``n`` answers drawn from the reference itself stray by chance (~99.9 %).
+
+    For n draws from a distribution over ``classes`` outcomes, 8 n ln2 times the JS divergence of
+    their shares from it is about chi-squared with classes - 1 degrees of freedom; the quantile comes
+    from the Wilson-Hilferty approximation (no scipy on a device; loose at a few tens of answers, where
+    the fixed limit added on top keeps chance failures rare). Twenty answers over ten classes
+    stray by up to ~0.25 bits, so a fixed limit of 0.2 would roll back a good version on chance.
+    """
+    if n <= 0:
+        return float("inf")
+    dof = max(1, classes - 1)
+    h = 2.0 / (9.0 * dof)
+    quantile = dof * (1.0 - h + _Z_ALLOWANCE * math.sqrt(h)) ** 3
+    return quantile / (8.0 * n * math.log(2.0))
 
 
 def class_counts(outputs: Mapping[str, Array], classes: int) -> npt.NDArray[np.int64] | None:
@@ -252,11 +275,15 @@ class TrialJudge:
                     f"{previous:.2f} ms (limit {cfg.max_latency_ratio:g}x)"
                 )
         divergence = self._divergence()
-        if divergence is not None and divergence[0] > cfg.max_divergence:
-            value, against = divergence
+        if divergence is not None and divergence[0] > cfg.max_divergence + divergence[2]:
+            value, against, allowance = divergence
+            limit = f"{cfg.max_divergence:g}"
+            if allowance:
+                answers = int(self._counts.sum()) if self._counts is not None else 0
+                limit += f" + {allowance:.3f} that {answers} answers stray by chance"
             return "divergence", (
                 f"predicted-class distribution diverges from the {against} (Jensen-Shannon "
-                f"{value:.3f} bits, limit {cfg.max_divergence:g})"
+                f"{value:.3f} bits, limit {limit})"
             )
         share = self._disagreement()
         if self._mode is TrialMode.SHADOW and share is not None and share > cfg.max_disagreement:
@@ -277,16 +304,23 @@ class TrialJudge:
         measured = self._p95(self._ref_latencies)
         return measured if measured is not None else self._baseline_p95
 
-    def _divergence(self) -> tuple[float, str] | None:
-        """(JS divergence, what it was measured against), once enough answers were counted."""
+    def _divergence(self) -> tuple[float, str, float] | None:
+        """(JS divergence, what it was measured against, the chance allowance at this many answers)."""
         counts = self._counts
         if counts is None or counts.sum() < max(1, self._config.min_requests):
             return None
+        n = float(counts.sum())
         if self._profile is not None and self._profile.shape == counts.shape and self._profile.sum() > 0:
-            return js_divergence(counts, self._profile), "bundle's data profile"
+            classes = int((self._profile > 0).sum())
+            return (
+                js_divergence(counts, self._profile),
+                "bundle's data profile",
+                sampling_allowance(classes, n),
+            )
         ref = self._ref_counts
         if ref is not None and ref.sum() >= max(1, self._config.min_requests):
-            return js_divergence(counts, ref), "previous version's answers on the same inputs"
+            # The same inputs answered by both versions: paired, so chance adds nothing to tell apart.
+            return js_divergence(counts, ref), "previous version's answers on the same inputs", 0.0
         return None
 
     def _disagreement(self) -> float | None:

@@ -3,7 +3,9 @@
 Applications on the device call it; it never listens off-host. The Unix socket
 is created mode 0660, so access is granted by group membership. Bad requests get
 INVALID_ARGUMENT with what was expected and what came; a device that serves no
-model yet answers FAILED_PRECONDITION.
+model yet answers FAILED_PRECONDITION. Feedback on an unknown or expired prediction
+answers NOT_FOUND, a second label ALREADY_EXISTS, a label that is not a class
+INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from edge_agent.errors import AgentError, InferenceError, InputError, NoModelError
+from edge_agent.errors import (
+    AgentError,
+    DuplicateLabelError,
+    InferenceError,
+    InputError,
+    LabelError,
+    NoModelError,
+    UnknownPredictionError,
+)
+from edge_agent.feedback import FeedbackResult
 from edge_agent.serving import LoadedModel, Prediction
 from edge_agent.tensors import Array, array_to_tensor, spec_to_proto, tensor_to_array
 from edgefleet_proto.v1 import inference_pb2, inference_pb2_grpc
@@ -45,6 +56,8 @@ class PredictionBackend(Protocol):
 
     def predict(self, inputs: Mapping[str, Array]) -> Prediction: ...
 
+    def feedback(self, prediction_id: str, label: int) -> FeedbackResult: ...
+
 
 class _InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, backend: PredictionBackend) -> None:
@@ -64,8 +77,21 @@ class _InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except InferenceError as e:
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
         return inference_pb2.PredictResponse(
-            outputs=outputs, model=result.model, latency_ms=result.latency_ms
+            outputs=outputs, model=result.model, latency_ms=result.latency_ms, prediction_id=result.id
         )
+
+    async def Feedback(  # noqa: N802
+        self, request: inference_pb2.FeedbackRequest, context: Any
+    ) -> inference_pb2.FeedbackResponse:
+        try:
+            result = self._backend.feedback(request.prediction_id, request.label)
+        except UnknownPredictionError as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except DuplicateLabelError as e:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+        except LabelError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return inference_pb2.FeedbackResponse(model=result.model, correct=result.correct)
 
     async def Info(  # noqa: N802
         self, request: inference_pb2.InfoRequest, context: Any

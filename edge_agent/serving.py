@@ -34,11 +34,15 @@ class LoadedModel:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """One answer and the model that gave it (which matters while versions change)."""
+    """One answer and the model that gave it (which matters while versions change).
+
+    ``id`` names the prediction for label feedback (``Agent.feedback``); the agent sets it.
+    """
 
     outputs: dict[str, Array]
     model: common_pb2.ModelRef
     latency_ms: float
+    id: str = ""
 
 
 class TrialRoute(Protocol):

@@ -6,13 +6,23 @@ endpoint. Once every agent is connected and listening, one JSON line goes to
 stdout:
 
     {"event": "ready", "devices": N, "sockets": {"sim-0001": "/path/agent.sock", ...}}
+
+With a :class:`~edge_agent.sim_traffic.TrafficPlan`, every device also serves synthetic
+requests in-process; when the fleet stops, one summary line of that traffic goes to stderr.
+SIGUSR1 switches the traffic's input shifts off and on (``--shift-paused`` starts with them
+off), and each switch prints a line to stdout:
+
+    {"event": "shift", "on": true, "devices": N}      (N: devices that now see shifted rows)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import logging
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,14 +30,20 @@ from typing import Any, TextIO
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, BackoffConfig, MqttProtocol, TrialConfig
-from edge_agent.fetcher import ChannelPool
+from edge_agent.fetcher import ChannelPool, SyncChannels
 from edge_agent.sim_labels import LabelMix
 from edge_agent.sim_mix import DeviceKind
+from edge_agent.sim_traffic import TrafficPlan, TrafficRunner
 from edge_agent.tasks import cancel_and_wait
 from edge_agent.trust.config import FirmwareConfig, TrustConfig
-from edge_agent.trust.transport import SyncChannels
 
-__all__ = ["Fleet", "device_ids", "run_fleet"]
+__all__ = ["SHIFT_SIGNAL", "Fleet", "device_ids", "run_fleet"]
+
+log = logging.getLogger(__name__)
+
+# Switches the traffic's input shifts off and on: a demo rolls a version out on steady inputs, then
+# moves one cohort's inputs without restarting the fleet (which would reset its telemetry).
+SHIFT_SIGNAL = signal.SIGUSR1
 
 
 def device_ids(n: int) -> list[str]:
@@ -36,6 +52,13 @@ def device_ids(n: int) -> list[str]:
         raise ValueError(f"a fleet needs at least 1 device, got {n}")
     width = max(4, len(str(n)))
     return [f"sim-{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def _write_line(out: TextIO | None, line: Mapping[str, Any]) -> None:
+    """One JSON line on ``out`` (stdout), flushed: a script that drives the fleet reads them as they come."""
+    stream = out if out is not None else sys.stdout
+    stream.write(json.dumps(line) + "\n")
+    stream.flush()
 
 
 def _allow_open_files(devices: int) -> None:
@@ -73,6 +96,7 @@ class Fleet:
         trust: TrustConfig | None = None,
         firmware: FirmwareConfig | None = None,
         trial: TrialConfig | None = None,
+        traffic: TrafficPlan | None = None,
     ) -> None:
         with_api = n if local_api_devices is None else max(0, min(local_api_devices, n))
         ids = device_ids(n)
@@ -84,6 +108,11 @@ class Fleet:
         # Device i is of kind i mod len(mix): its own runtimes, and its precision label.
         kinds = list(runtimes_mix or [])
         self._kinds = kinds
+        # Every device's labels, then its share of the mix, then its kind's precision.
+        device_labels = [
+            {**(labels or {}), **mixed[index], **(kinds[index % len(kinds)].labels() if kinds else {})}
+            for index in range(n)
+        ]
         self.agents = [
             Agent(
                 AgentConfig.for_simulation(
@@ -95,12 +124,7 @@ class Fleet:
                     mqtt_protocol=mqtt_protocol,
                     grpc_endpoint=grpc_endpoint,
                     local_api=index < with_api,
-                    # Every device's labels, then its share of the mix, then its kind's precision.
-                    labels={
-                        **(labels or {}),
-                        **mixed[index],
-                        **(kinds[index % len(kinds)].labels() if kinds else {}),
-                    },
+                    labels=device_labels[index],
                     telemetry_interval_s=telemetry_interval_s,
                     backoff=backoff,
                     trust=trust,
@@ -113,6 +137,30 @@ class Fleet:
             )
             for index, device_id in enumerate(ids)
         ]
+        self.traffic: TrafficRunner | None = None
+        if traffic is not None:
+            # Device i as it is when a request goes out: a restarted agent takes its place in the list.
+            targets = [functools.partial(self._agent, i) for i in range(n)]
+            self.traffic = TrafficRunner(traffic, targets, device_labels)
+            for rule in self.traffic.unmatched_shifts():
+                log.warning("--shift %s selects none of the %d devices", rule.describe(), n)
+
+    def _agent(self, index: int) -> Agent:
+        return self.agents[index]
+
+    def toggle_shift(self, out: TextIO | None = None) -> None:
+        """Switch the traffic's input shifts off when on, on when off (what SHIFT_SIGNAL does); log it
+        and print ``{"event": "shift", "on": ..., "devices": N}`` on ``out`` (stdout)."""
+        if self.traffic is None or not self.traffic.plan.shifts:
+            log.warning("%s ignored: the fleet runs no --shift to switch", SHIFT_SIGNAL.name)
+            return
+        devices = self.traffic.toggle_shift()
+        on = self.traffic.shift_on
+        if on:
+            log.info("input shift on: %d device%s shifted", devices, "" if devices == 1 else "s")
+        else:
+            log.info("input shift off")
+        _write_line(out, {"event": "shift", "on": on, "devices": devices})
 
     @property
     def sockets(self) -> dict[str, str]:
@@ -123,32 +171,56 @@ class Fleet:
             if a.config.local_api.socket is not None
         }
 
-    async def run(self, stop: asyncio.Event, *, out: TextIO | None = None) -> None:
-        """Run every agent; print the ready line to ``out`` (stdout) once all are up."""
+    async def run(self, stop: asyncio.Event, *, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        """Run every agent; print the ready line to ``out`` (stdout) once all are up, and the traffic
+        summary to ``err`` (stderr) once stopped. SHIFT_SIGNAL calls :meth:`toggle_shift` while it runs
+        (its handler is in place before run first yields to the loop)."""
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(SHIFT_SIGNAL, self.toggle_shift, out)
+            toggles = True
+        except (ValueError, RuntimeError, NotImplementedError) as e:
+            # Only the main thread of a process can take signals; the fleet runs on without the switch.
+            shifts = self.traffic is not None and self.traffic.plan.shifts
+            level = logging.WARNING if shifts else logging.DEBUG
+            log.log(level, "the input shift cannot be switched by %s here: %s", SHIFT_SIGNAL.name, e)
+            toggles = False
+        # The agents stop after the traffic does, so that their last windows count every request.
+        agents_stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(self._run_one(i, stop), name=f"agent-{a.device_id}")
+            asyncio.create_task(self._run_one(i, agents_stop), name=f"agent-{a.device_id}")
             for i, a in enumerate(self.agents)
         ]
+        traffic = (
+            asyncio.create_task(self.traffic.run(), name="traffic") if self.traffic is not None else None
+        )
         all_ready: asyncio.Future[Any] = asyncio.gather(*(a.ready.wait() for a in self.agents))
         stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
             waiting: set[asyncio.Future[Any]] = {all_ready, stopped, *tasks}
+            if traffic is not None:
+                waiting.add(traffic)
             while not stopped.done():
                 done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                for task in tasks:
-                    if task in done and task.exception() is not None:
+                for task in [*tasks, traffic]:
+                    if task is not None and task in done and task.exception() is not None:
                         raise RuntimeError(f"{task.get_name()} failed") from task.exception()
                 if all_ready in done:
-                    line = {"event": "ready", "devices": len(self.agents), "sockets": self.sockets}
-                    stream = out if out is not None else sys.stdout
-                    stream.write(json.dumps(line) + "\n")
-                    stream.flush()
+                    _write_line(out, {"event": "ready", "devices": len(self.agents), "sockets": self.sockets})
         finally:
             stop.set()
-            await cancel_and_wait([all_ready, stopped])
+            await cancel_and_wait([all_ready, stopped, *([traffic] if traffic is not None else [])])
+            agents_stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.channels.close()
             self.sync_channels.close()
+            if self.traffic is not None:
+                stream = err if err is not None else sys.stderr
+                stream.write(self.traffic.summary() + "\n")
+                stream.flush()
+            if toggles:
+                # Last: a stray signal while the agents flush must not end the process (SIG_DFL would).
+                loop.remove_signal_handler(SHIFT_SIGNAL)
 
     async def _run_one(self, index: int, stop: asyncio.Event) -> None:
         """Run one agent; when it asks for a restart (a firmware slot switch), start it again."""
@@ -188,12 +260,15 @@ async def run_fleet(
     trust: TrustConfig | None = None,
     firmware: FirmwareConfig | None = None,
     trial: TrialConfig | None = None,
+    traffic: TrafficPlan | None = None,
+    err: TextIO | None = None,
 ) -> None:
     """Run ``n`` agents (``sim-0001``..) under ``base_dir`` until ``stop_event`` is set.
 
     ``local_api_devices``: how many of the first devices serve a local API socket
     (None: all). ``labels`` go to every device; ``label_mix`` shares values out by device
-    index. The caller turns SIGINT/SIGTERM into ``stop_event`` (the CLI does).
+    index. ``traffic``: synthetic requests every device serves (None: none), summed up on ``err``
+    (stderr) at the end. The caller turns SIGINT/SIGTERM into ``stop_event`` (the CLI does).
     """
     fleet_ = Fleet(
         n,
@@ -211,5 +286,6 @@ async def run_fleet(
         trust=trust,
         firmware=firmware,
         trial=trial,
+        traffic=traffic,
     )
-    await fleet_.run(stop_event, out=out)
+    await fleet_.run(stop_event, out=out, err=err)

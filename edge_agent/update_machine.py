@@ -18,14 +18,17 @@ wrong rolls back to the model that served before and rests in ROLLED_BACK: that
 version is refused until the hub assigns another one. The updater saves the
 state it is about to enter before every working state (see ``Updater``); a save
 count past the limit posts LOOP ("state looping detected"), which rolls back.
+
+The engine that walks the table is :class:`edge_agent.machine.StateMachine`, shared
+with the firmware slots' machine; this module holds the update's states, events and table.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Final
+
+from edge_agent.machine import IllegalTransitionError, StateMachine, Table, freeze_table
 
 __all__ = [
     "RESTING",
@@ -67,7 +70,9 @@ class UpdateEvent(enum.Enum):
 
 S, E = UpdateState, UpdateEvent
 
-TRANSITIONS: Final[Mapping[tuple[UpdateState, UpdateEvent], UpdateState]] = MappingProxyType(
+TRANSITIONS: Final[Table[UpdateState, UpdateEvent]] = freeze_table(
+    UpdateState,
+    UpdateEvent,
     {
         (S.IDLE, E.FETCH): S.DOWNLOADING,
         (S.IDLE, E.CACHED): S.VERIFYING,
@@ -102,7 +107,7 @@ TRANSITIONS: Final[Mapping[tuple[UpdateState, UpdateEvent], UpdateState]] = Mapp
         (S.ROLLING_BACK, E.FAIL): S.ROLLED_BACK,
         (S.FAILED, E.RETRY): S.IDLE,
         (S.ROLLED_BACK, E.RETRY): S.IDLE,
-    }
+    },
 )
 
 # Where an attempt ends; every other state has a step to run.
@@ -112,45 +117,12 @@ WORKING: Final = frozenset(set(UpdateState) - RESTING)
 BEFORE_SWAP: Final = frozenset({UpdateState.DOWNLOADING, UpdateState.VERIFYING, UpdateState.LOADING})
 
 
-class IllegalTransitionError(RuntimeError):
-    """A step posted an event its state has no row for: a bug in the updater, not bad input."""
-
-
-class UpdateMachine:
-    """Holds the current state and the chain of states entered."""
+class UpdateMachine(StateMachine[UpdateState, UpdateEvent]):
+    """The update's table on the shared engine; starts IDLE unless told where a restart resumes."""
 
     def __init__(
         self,
         state: UpdateState = UpdateState.IDLE,
-        table: Mapping[tuple[UpdateState, UpdateEvent], UpdateState] = TRANSITIONS,
+        table: Table[UpdateState, UpdateEvent] = TRANSITIONS,
     ) -> None:
-        self._state = state
-        self._table = table
-        self.history: list[UpdateState] = [state]
-        self._listeners: list[Callable[[UpdateState], None]] = []
-
-    def add_listener(self, listener: Callable[[UpdateState], None]) -> None:
-        """Call ``listener`` with the new state after every transition (no I/O: it must be quick)."""
-        self._listeners.append(listener)
-
-    @property
-    def state(self) -> UpdateState:
-        return self._state
-
-    def can(self, event: UpdateEvent) -> bool:
-        return (self._state, event) in self._table
-
-    def post(self, event: UpdateEvent) -> UpdateState:
-        """Move to the state the table names for (state, event) and return it."""
-        try:
-            nxt = self._table[(self._state, event)]
-        except KeyError:
-            raise IllegalTransitionError(
-                f"no transition from {self._state.name} on {event.name}; "
-                f"allowed: {sorted(e.name for (s, e) in self._table if s is self._state)}"
-            ) from None
-        self._state = nxt
-        self.history.append(nxt)
-        for listener in self._listeners:
-            listener(nxt)
-        return nxt
+        super().__init__(state, table)

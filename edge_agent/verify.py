@@ -6,12 +6,14 @@ reads the file; the first one that objects stops the update with its reason.
 Verifiers are synchronous and may be slow (hashing): the updater runs them in a
 worker thread.
 
-Today's chain is :class:`PinnedDigestVerifier` alone: exact length and sha256
-as the desired state pins them. Signed metadata (TUF) plugs in as one more
-verifier, e.g. ``VerifierChain([PinnedDigestVerifier(), TufVerifier(...)])``,
-handed to :class:`~edge_agent.agent.Agent` as ``verifiers=``. The desired state
-itself passes through a :class:`DesiredDecoder` at intake, which is where a
-signed desired state is checked.
+Without signed updates the chain is :class:`PinnedDigestVerifier` alone: exact
+length and sha256 as the desired state pins them. With them (the default), the
+agent's verifier is :class:`~edge_agent.trust.attach.TrustVerifier`:
+``VerifierChain([PinnedDigestVerifier(), SignedUpdateChannel])``, the signed
+repository (TUF) after the pinned digest. The desired state itself passes through
+a :class:`DesiredDecoder` at intake, which is where a signed desired state is
+checked. This module imports nothing of the signed-update stack: an agent loads
+that on its first check (see :mod:`edge_agent.trust.lazy`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ so a model version can name exactly the data it was trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -16,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from model_tools.errors import ConfigError, DataError
 from model_tools.hashing import array_digest
 
-__all__ = ["DATASET_NAME", "DigitsSplits", "as_images", "load_digits_splits"]
+__all__ = ["DATASET_NAME", "DigitsSplits", "as_images", "load_digits_splits", "write_traffic_npz"]
 
 DATASET_NAME = "sklearn-digits"
 # Digits pixels are counts of set pixels in 4x4 blocks: integers 0..16.
@@ -99,3 +100,21 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     out = np.ascontiguousarray(a)
     out.setflags(write=False)
     return out
+
+
+def write_traffic_npz(path: Path, *, seed: int = 0) -> Path:
+    """The held-out digits as a simulated fleet's traffic (``x`` flat 64 in [0, 1], ``y`` labels).
+
+    The test split, not the whole set: the model never saw these rows, so labelled accuracy on them
+    is what it would be in the field.
+    """
+    import io
+
+    from model_tools.atomic import atomic_write
+
+    splits = load_digits_splits(seed=seed)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=splits.x_test, y=splits.y_test)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buffer.getvalue(), mode=0o644)
+    return path

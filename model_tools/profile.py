@@ -2,11 +2,14 @@
 
 A profile ships in every bundle as a serialized ``edgefleet.v1.DataProfile``:
 
-- ``features``: an Apache DataSketches KLL float sketch per input feature. A
-  tabular model gets one per column. An image model gets summary features
-  instead (a sketch per pixel says little and costs a lot): mean and standard
-  deviation of intensity, the share of lit pixels, and the centre of mass.
-  Devices send sketches of the same features; the hub scores drift against these.
+- ``features``: an Apache DataSketches KLL float sketch per input feature. How
+  input rows become features is the profile's ``reduction``: ``columns`` (one
+  per input column, for tabular models), ``image_summary`` (a sketch per pixel
+  says little and costs a lot: mean and standard deviation of intensity, the
+  share of lit pixels, and the centre of mass) or ``channel_means`` (one per
+  channel of (C, ...) inputs). Devices reduce their inputs with the same
+  :func:`feature_columns` and send sketches of the same features; the hub
+  scores drift against these.
 - ``class_distribution``: the share of each predicted class, which a device
   compares with its own predictions during a new version's trial window.
 """
@@ -27,10 +30,15 @@ __all__ = [
     "DEFAULT_K",
     "IMAGE_FEATURES",
     "PROFILE_MEDIA_TYPE",
+    "REDUCTIONS",
+    "FeatureColumns",
     "build_profile",
+    "channel_means",
     "class_distribution",
     "feature_columns",
     "parse_profile",
+    "profile_reduction",
+    "resolve_reduction",
     "summary_features",
 ]
 
@@ -40,6 +48,9 @@ DEFAULT_K = 200
 IMAGE_FEATURES: tuple[str, ...] = ("mean", "std", "lit_fraction", "center_row", "center_col")
 # A pixel counts as lit above half of the full scale (features are in [0, 1]).
 _LIT = 0.5
+# How input rows become features (DataProfile.reduction, SketchWindow.reduction).
+COLUMNS, IMAGE_SUMMARY, CHANNEL_MEANS = "columns", "image_summary", "channel_means"
+REDUCTIONS: tuple[str, ...] = (COLUMNS, IMAGE_SUMMARY, CHANNEL_MEANS)
 
 
 @dataclass(frozen=True)
@@ -51,36 +62,89 @@ class FeatureColumns:
 def summary_features(images: np.ndarray) -> FeatureColumns:
     """Per-image summaries of (N, H, W) or (N, C, H, W) intensities in [0, 1]."""
     if images.ndim == 4:
-        images = images.mean(axis=1)
+        # A device reduces every request in bulk: skip the channel mean's copy for one channel.
+        images = images[:, 0] if images.shape[1] == 1 else images.mean(axis=1)
     if images.ndim != 3:
         raise ConfigError(f"expected images of shape (N, H, W) or (N, C, H, W), got {images.shape}")
     n, h, w = images.shape
     flat = images.reshape(n, -1).astype(np.float64)
-    total = flat.sum(axis=1)
-    rows = np.repeat(np.arange(h, dtype=np.float64), w)
-    cols = np.tile(np.arange(w, dtype=np.float64), h)
+    pixels = h * w
+    # Row sums as matrix products (much faster than axis-1 reductions on short rows): the total,
+    # and the intensity-weighted row and column indices for the centre of mass.
+    weights = np.stack(
+        [
+            np.ones(pixels),
+            np.repeat(np.arange(h, dtype=np.float64), w),
+            np.tile(np.arange(w, dtype=np.float64), h),
+        ],
+        axis=1,
+    )
+    total, by_row, by_col = (flat @ weights).T
+    mean = total / pixels
+    std = np.sqrt(np.maximum((flat * flat) @ weights[:, 0] / pixels - mean * mean, 0.0))
+    lit = (flat > _LIT).astype(np.float64) @ weights[:, 0] / pixels
     # A blank image has no centre of mass: use the middle, so the sketch stays finite.
     safe = np.where(total > 0, total, 1.0)
-    center_row = np.where(total > 0, (flat * rows).sum(axis=1) / safe / max(h - 1, 1), 0.5)
-    center_col = np.where(total > 0, (flat * cols).sum(axis=1) / safe / max(w - 1, 1), 0.5)
-    values = np.stack(
-        [flat.mean(axis=1), flat.std(axis=1), (flat > _LIT).mean(axis=1), center_row, center_col], axis=1
-    )
+    center_row = np.where(total > 0, by_row / safe / max(h - 1, 1), 0.5)
+    center_col = np.where(total > 0, by_col / safe / max(w - 1, 1), 0.5)
+    values = np.stack([mean, std, lit, center_row, center_col], axis=1)
     return FeatureColumns(IMAGE_FEATURES, values.astype(np.float32))
 
 
-def feature_columns(x: np.ndarray, *, image_shape: Sequence[int] | None) -> FeatureColumns:
-    """The features a profile sketches: every column of ``x``, or image summaries when ``image_shape``."""
-    if x.ndim != 2:
-        raise ConfigError(f"expected rows of shape (N, features), got {x.shape}")
-    if image_shape is not None:
-        shape = tuple(int(d) for d in image_shape)
-        if int(np.prod(shape)) != x.shape[1]:
-            raise ConfigError(f"image shape {shape} does not hold {x.shape[1]} features per row")
-        return summary_features(x.reshape(x.shape[0], *shape))
-    width = len(str(x.shape[1] - 1))
-    names = tuple(f"f{i:0{width}d}" for i in range(x.shape[1]))
-    return FeatureColumns(names, np.asarray(x, dtype=np.float32))
+def channel_means(x: np.ndarray) -> FeatureColumns:
+    """The mean of each channel of (N, C, ...) inputs: one feature per channel."""
+    if x.ndim < 3:
+        raise ConfigError(f"expected inputs of shape (N, C, ...) for channel means, got {x.shape}")
+    n, c = x.shape[0], x.shape[1]
+    values = x.reshape(n, c, -1).astype(np.float64).mean(axis=2)
+    width = len(str(c - 1))
+    return FeatureColumns(tuple(f"ch{i:0{width}d}" for i in range(c)), values.astype(np.float32))
+
+
+def resolve_reduction(reduction: str | None, *, image_shape: Sequence[int] | None, rank: int) -> str:
+    """The reduction to use: ``reduction`` when given, else ``image_summary`` for images (an
+    ``image_shape``), ``columns`` for rows of rank 2 (N, F), ``channel_means`` for (N, C, ...)."""
+    if reduction:
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"unknown feature reduction {reduction!r}: expected one of {list(REDUCTIONS)}")
+        return reduction
+    if image_shape:
+        return IMAGE_SUMMARY
+    return COLUMNS if rank <= 2 else CHANNEL_MEANS
+
+
+def profile_reduction(profile: profile_pb2.DataProfile) -> tuple[str, tuple[int, ...] | None]:
+    """(reduction, image shape or None) of a profile; an empty reduction reads as the proto says."""
+    shape = tuple(int(d) for d in profile.image_shape) or None
+    return resolve_reduction(profile.reduction or None, image_shape=shape, rank=2), shape
+
+
+def feature_columns(
+    x: np.ndarray, *, image_shape: Sequence[int] | None = None, reduction: str | None = None
+) -> FeatureColumns:
+    """The features of input rows ``x`` (N, ...), as both a profile and a device sketch them.
+
+    ``image_shape`` is the shape of one input as an image (rows are reshaped to it);
+    ``reduction`` one of :data:`REDUCTIONS`, or None for :func:`resolve_reduction`'s default.
+    """
+    if x.ndim < 1:
+        raise ConfigError(f"expected rows of shape (N, ...), got a scalar of shape {x.shape}")
+    shape = tuple(int(d) for d in image_shape) if image_shape else None
+    how = resolve_reduction(reduction, image_shape=shape, rank=x.ndim)
+    n = x.shape[0]
+    if shape is not None:
+        row = int(np.prod(x.shape[1:]))
+        if int(np.prod(shape)) != row:
+            raise ConfigError(f"image shape {shape} does not hold {row} features per row")
+        x = x.reshape(n, *shape)
+    if how == IMAGE_SUMMARY:
+        return summary_features(x)
+    if how == CHANNEL_MEANS:
+        return channel_means(x)
+    flat = x.reshape(n, -1)
+    width = len(str(flat.shape[1] - 1))
+    names = tuple(f"f{i:0{width}d}" for i in range(flat.shape[1]))
+    return FeatureColumns(names, np.asarray(flat, dtype=np.float32))
 
 
 def class_distribution(predicted: np.ndarray, num_classes: int) -> list[float]:
@@ -105,9 +169,14 @@ def build_profile(
     num_classes: int,
     class_names: Sequence[str] | None = None,
     image_shape: Sequence[int] | None = None,
+    reduction: str | None = None,
     k: int = DEFAULT_K,
 ) -> profile_pb2.DataProfile:
-    """A DataProfile of held-out rows ``x`` and the classes the model predicted for them."""
+    """A DataProfile of held-out rows ``x`` and the classes the model predicted for them.
+
+    ``reduction`` (see :func:`feature_columns`) and ``image_shape`` are recorded in the
+    profile, so that a device reduces its inputs the same way.
+    """
     if x.shape[0] != predicted.shape[0]:
         raise ProfileError(f"expected one prediction per row, got {predicted.shape[0]} for {x.shape[0]} rows")
     if not np.isfinite(x).all():
@@ -115,7 +184,9 @@ def build_profile(
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     if len(names) != num_classes:
         raise ProfileError(f"expected {num_classes} class names, got {len(names)}")
-    columns = feature_columns(x, image_shape=image_shape)
+    shape = tuple(int(d) for d in image_shape) if image_shape else None
+    how = resolve_reduction(reduction, image_shape=shape, rank=x.ndim)
+    columns = feature_columns(x, image_shape=shape, reduction=how)
     profile = profile_pb2.DataProfile(
         model_name=model_name,
         model_version=model_version,
@@ -123,6 +194,8 @@ def build_profile(
         samples=int(x.shape[0]),
         class_distribution=class_distribution(predicted, num_classes),
         class_names=names,
+        reduction=how,
+        image_shape=list(shape or ()),
     )
     for index, name in enumerate(columns.names):
         values = np.ascontiguousarray(columns.values[:, index], dtype=np.float32)

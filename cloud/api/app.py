@@ -6,10 +6,12 @@ from fastapi import APIRouter, FastAPI
 
 from cloud.api.errors import install_error_handlers
 from cloud.api.routes import (
+    alerts,
     assignments,
     bundles,
     cohorts,
     devices,
+    drift,
     experiments,
     firmware,
     health,
@@ -18,6 +20,7 @@ from cloud.api.routes import (
     rollbacks,
     rollouts,
     tokens,
+    training,
     tuf,
 )
 from cloud.context import HubContext
@@ -37,6 +40,7 @@ def create_app(ctx: HubContext) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tuf.router)
+    app.include_router(alerts.metrics_router)  # /metrics for Prometheus
     api = APIRouter(prefix=API_PREFIX)
     for module in (models, devices, assignments, tokens, keys, firmware, rollbacks):
         api.include_router(module.router)
@@ -44,5 +48,8 @@ def create_app(ctx: HubContext) -> FastAPI:
         api.include_router(module.router)
     api.include_router(cohorts.router)  # named sets of devices, by labels or by list
     api.include_router(rollouts.router)  # staged rollouts over cohorts, judged by gates
+    api.include_router(alerts.router)  # alert rules over cohort metrics, alerts, webhook receivers
+    api.include_router(drift.router)  # drift and labelled accuracy per cohort
+    api.include_router(training.router)  # continuous training runs and labelled uploads
     app.include_router(api)
     return app

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cloud.cli import alerts as cli_alerts
 from cloud.cli import cohorts as cli_cohorts
 from cloud.cli import devices as cli_devices
 from cloud.cli import firmware as cli_firmware
@@ -18,6 +19,7 @@ from cloud.cli import keys as cli_keys
 from cloud.cli import rollbacks as cli_rollbacks
 from cloud.cli import rollouts as cli_rollouts
 from cloud.cli import train as cli_train
+from cloud.cli import training as cli_training
 from cloud.cli.common import (
     EXIT_CODES_HELP,
     Col,
@@ -38,6 +40,7 @@ from cloud.cli.common import (
 )
 from cloud.cli.common import fail as _fail
 from cloud.cli.common import print_json as _print_json
+from cloud.cli.drift import drift_app
 from cloud.client.hub import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
 
 app = typer.Typer(
@@ -56,9 +59,13 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.add_typer(cli_devices.devices_app, name="devices")  # fleet devices ls|show|label
 app.add_typer(cli_cohorts.cohorts_app, name="cohorts")  # fleet cohorts create|ls|show|rm
+app.add_typer(cli_alerts.alerts_app, name="alerts")  # fleet alerts ls|show|rules|receivers|prometheus
+app.add_typer(drift_app, name="drift")  # fleet drift ls|show|series
 app.add_typer(cli_rollbacks.rollbacks_app, name="rollbacks")  # fleet rollbacks ls
 app.add_typer(cli_rollouts.rollouts_app, name="rollouts")  # fleet rollouts create|ls|show|watch|pause|...
 cli_train.register(app, models_app)  # fleet train, fleet models optimize|show, fleet experiments
+app.add_typer(cli_training.training_app, name="training")  # fleet training runs ls|show|approve|...
+app.add_typer(cli_training.data_app, name="data")  # fleet data add|ls: labelled samples for retraining
 app.add_typer(cli_keys.keys_app, name="keys")  # fleet keys init|rotate|sign|status|root
 app.add_typer(cli_firmware.firmware_app, name="firmware")  # fleet firmware build|delta|push|ls|assign
 
@@ -233,7 +240,15 @@ def assign(
 
 
 @app.command(
-    epilog=example("fleet simulate --devices 20", "EDGEFLEET_DATA_DIR=/tmp/ef fleet simulate --devices 100")
+    epilog=example(
+        "fleet simulate --devices 20",
+        "EDGEFLEET_DATA_DIR=/tmp/ef fleet simulate --devices 100",
+        "fleet simulate --devices 100 --label-mix region=north:50,region=south:50 "
+        "--traffic-rate 1 --traffic-data digits --shift region=north:0.5",
+        "fleet simulate --devices 100 --label-mix region=north:50,region=south:50 "
+        "--traffic-rate 1 --traffic-data digits --shift region=north:0.5 --shift-paused &",
+        "kill -USR1 $!   # later: the northern half's rows move (again: back)",
+    )
 )
 def simulate(
     devices: Annotated[int, typer.Option(min=1, max=100_000, help="Number of simulated devices.")] = 10,
@@ -294,16 +309,76 @@ def simulate(
             "keeps a version once its window has passed without evidence against it.",
         ),
     ] = None,
+    traffic_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            metavar="R",
+            help="Requests per second each device sends its own model, jittered (0: none). A summary "
+            "line goes to stderr when the fleet stops.",
+        ),
+    ] = 0.0,
+    traffic_data: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH.npz|digits",
+            help="Rows to send: an .npz with x (N, ...) float32 and optional labels y, or 'digits' for the "
+            "demo model's held-out digits (written to $EDGEFLEET_DATA_DIR/traffic/digits.npz).",
+        ),
+    ] = None,
+    shift: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="SELECTOR:AMOUNT",
+            help="Shift what matching devices send (repeatable): region=north:0.5 adds 0.5 std to "
+            "every feature, region=north:scale=1.3 multiplies it.",
+        ),
+    ] = None,
+    shift_paused: Annotated[
+        bool,
+        typer.Option(
+            "--shift-paused",
+            help="Check the --shift rules but send unshifted rows until the process gets SIGUSR1; each "
+            'SIGUSR1 switches them on or off and prints {"event": "shift", "on": ..., "devices": N} on '
+            "stdout. Without it, SIGUSR1 switches them off first.",
+        ),
+    ] = False,
+    feedback_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            metavar="F",
+            help="Share of answers whose true label y goes back as feedback (default: the agent's, 0.5).",
+        ),
+    ] = None,
 ) -> None:
-    """Run N real agents in one process (each with its own state folder) until interrupted."""
+    """Run N real agents in one process (each with its own state folder) until interrupted.
+
+    The agent program takes this process's place (exec), so SIGUSR1 to this PID reaches the fleet.
+    """
+    from model_tools.data import write_traffic_npz
+
     # The agent is a separate program: the hub never imports it, it runs it.
     agent = [sys.executable, "-m", "edge_agent.cli", "simulate"]
     labels = [arg for item in label or [] for arg in ("--label", item)]
     labels += ["--label-mix", label_mix] if label_mix is not None else []
-    if labels:
-        # The agent owns the label syntax; ask it before touching the hub, so bad usage exits 2 at once.
+    traffic = [arg for item in shift or [] for arg in ("--shift", item)]
+    traffic += ["--shift-paused"] if shift_paused else []
+    traffic += ["--traffic-rate", f"{traffic_rate:g}"] if traffic_rate else []
+    if traffic_data is not None:
+        path = (
+            write_traffic_npz(data_dir() / "traffic" / "digits.npz")
+            if traffic_data == "digits"
+            else Path(traffic_data)
+        )
+        traffic += ["--traffic-data", str(path.resolve())]
+    traffic += ["--feedback-rate", f"{feedback_rate:g}"] if feedback_rate is not None else []
+    if labels or traffic:
+        # The agent owns the label, shift and data syntax; ask it before touching the hub, so bad usage
+        # exits 2 at once.
         check = subprocess.run(
-            [*agent, "--fleet", fleet, "--state-root", str(state_root), *labels, "--check"],
+            [*agent, "--fleet", fleet, "--state-root", str(state_root), *labels, *traffic, "--check"],
             capture_output=True,
             text=True,
             check=False,
@@ -332,7 +407,7 @@ def simulate(
         "--grpc-endpoint", grpc_endpoint, "--state-root", str(state_root),
         "--local-api-devices", str(local_api_devices), "--telemetry-interval", str(telemetry_interval),
         "--trust-root", str(trust_root), "--trust-http-url", f"{hub_url.rstrip('/')}/tuf",
-        *labels,
+        *labels, *traffic,
     ]  # fmt: skip
     # Without a hardware id a simulated device takes no firmware, and the hub offers it none.
     if firmware_hardware:

@@ -300,6 +300,17 @@ class HubClient:
     def delete_cohort(self, name: str) -> None:
         self._request("DELETE", f"/api/v1/cohorts/{name}")
 
+    def drift_report(self, *, cohort: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
+        """The newest scores per cohort and model version (``cohort="@fleet"``: the whole fleet)."""
+        params = {k: v for k, v in {"cohort": cohort, "model": model}.items() if v}
+        result: dict[str, Any] = self._request("GET", "/api/v1/drift", params=params)
+        return list(result["data"])
+
+    def drift_series(self, metric: str, *, model: str, **filters: Any) -> list[dict[str, Any]]:
+        params = {"metric": metric, "model": model, **{k: v for k, v in filters.items() if v is not None}}
+        result: dict[str, Any] = self._request("GET", "/api/v1/drift/series", params=params)
+        return list(result["data"])
+
 
 def _detail(response: httpx.Response) -> str:
     try:

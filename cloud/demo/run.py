@@ -4,7 +4,8 @@ A hub (SQLite, local artifact folder), a broker (the local Mosquitto when it
 answers, else an embedded one), a model trained and exported to ONNX, pushed
 through the HTTP API, a simulated fleet of real agents in a child process with
 labels and cohorts, a staged rollout of the model, predictions through the devices'
-local API, the signed channel, and a bad version that a rollout's gates stop at its canary.
+local API, the signed channel, a bad version that a rollout's gates stop at its canary, and a
+cohort whose inputs drift: its alert fires and triggers the retraining of a challenger.
 """
 
 from __future__ import annotations
@@ -83,6 +84,19 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
 # evidence against it; the demo shortens the window so the rollout converges in seconds. The bad
 # version's devices take traffic at once and trip a gate well inside it.
 DEMO_TRIAL_WINDOW_S = 8.0
+# Rollup buckets and the observe cycle of the demo's hub (300 s and 30 s by default).
+DEMO_BUCKET_S = 10
+DEMO_OBSERVE_S = 5.0
+
+
+def demo_training() -> Any:
+    """Retraining small enough for the demo: a third of the epochs, no TFLite, short latency timing."""
+    from cloud.training.continuous.pipeline import PipelineConfig
+    from model_tools.evaluate import LatencyPlan
+    from model_tools.pipeline import OptimizeOptions
+
+    plan = LatencyPlan(warmup=5, repeats={1: 50, 32: 20})
+    return PipelineConfig(epochs=20, optimize=OptimizeOptions(tflite=False, finetune_epochs=2, latency=plan))
 
 
 def start_fleet(
@@ -173,8 +187,10 @@ def run_demo(
     else an embedded one started for the demo.
     """
     from cloud.demo.bundle import build_and_register, runtimes_mix_for, show_variants
+    from cloud.demo.drift import TRAFFIC_ARGS, run_drift_step
     from cloud.hub import Hub
     from cloud.settings import Settings
+    from model_tools.data import write_traffic_npz
 
     out = console or Console()
     t0 = time.monotonic()
@@ -197,8 +213,11 @@ def run_demo(
             mqtt_protocol=broker.protocol,
             api_port=0,
             grpc_port=0,
+            # Small buckets and a short cycle: the drift step shows an alert within seconds.
+            rollup_bucket_s=DEMO_BUCKET_S,
+            observe_interval_s=DEMO_OBSERVE_S,
         )
-        hub = Hub(settings)
+        hub = Hub(settings, training=demo_training())
         hub.start()
         stack.callback(hub.stop)
         out.print(f"[bold]hub[/]      API {hub.api_url}, artifacts gRPC {hub.grpc_endpoint}, fleet {fleet}")
@@ -224,6 +243,8 @@ def run_demo(
                 "--runtimes-mix", runtimes_mix_for(trained),
                 "--label-mix", label_mix(devices, min(3, devices)),
                 "--trial-window", f"{DEMO_TRIAL_WINDOW_S:g}",
+                "--traffic-data", str(write_traffic_npz(work / "traffic" / "digits.npz")),
+                *TRAFFIC_ARGS,
                 *fleet_args(root_file, hub.api_url),
             ],
         )  # fmt: skip
@@ -346,6 +367,17 @@ def run_demo(
             f"{devices - offered} never were"
         )
         print_transitions(out, [good, bad])
+
+        # (c) One cohort's inputs drift: its alert fires; the retraining it triggers registers a challenger.
+        drift = run_drift_step(
+            client=client,
+            token=hub.admin_token,
+            hub=hub,
+            fleet_proc=fleet_proc,
+            model=trained.name,
+            out=out,
+            timeout=timeout,
+        )
         summary = {
             "fleet": fleet,
             "broker": broker.description,
@@ -359,6 +391,7 @@ def run_demo(
             "rollouts": {"good": _outcome(good), "bad": _outcome(bad)},
             "signing": signed,
             "variants": variant_of,
+            "drift": drift,
             "total_seconds": round(time.monotonic() - t0, 1),
         }
         out.print(

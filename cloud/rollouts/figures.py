@@ -8,7 +8,9 @@ or a telemetry window from before the offer says nothing about the target.
   rolled back, else committed, else failed (a failed download that later committed is updated);
 - requests, errors and p95 come from ``TelemetryWindow`` rows on the target version; the baseline
   p95 from the same devices' windows on any other version of the model over the last hour;
-- offline is ``Device.state`` now.
+- offline is ``Device.state`` now;
+- ``extra``: the figures of the drift and accuracy gates (``cloud.drift.gates``), from the stage's
+  devices' sketch windows, computed only when the plan turns those gates on.
 
 A firmware target has no version in its telemetry or in most of its events (the agent reports
 firmware steps without a model), so its outcomes are the firmware event kinds after the offer and
@@ -25,6 +27,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Subquery, and_, case, exists, func, or_
 from sqlmodel import Session, col, select
 
+from cloud.drift.gates import stage_extra  # also registers the drift_score and accuracy_drop gates
 from cloud.models import Device, DeviceEvent, DeviceState, Rollout, RolloutDevice, TelemetryWindow
 from cloud.rollouts.gates import StageFigures, Verdict
 
@@ -174,6 +177,7 @@ def stage_figures(session: Session, rollout: Rollout, stage: int | None, *, now:
         errors=int(errors),
         p95_ms=float(p95) if p95 is not None else None,
         baseline_p95_ms=float(baseline_p95) if baseline_p95 is not None else None,
+        extra=stage_extra(session, rollout, stage, offered, first_offer=first_offer, now=now),
     )
 
 

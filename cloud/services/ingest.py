@@ -4,6 +4,11 @@ Nothing a device sends can stop the ingest. A payload that does not decode is co
 and logged with its topic and the reason (never its bytes); a message whose device id
 differs from the one in its topic is rejected, because a device may write only its own
 rows. Duplicates from QoS 1 redelivery are dropped by the ``(device_id, seq)`` keys.
+
+A database that cannot take the batch at all (down, unreachable, locked past the busy
+timeout) is no fault of the devices: ``ingest`` raises ``StoreUnavailableError`` so that the
+transport keeps the messages unacknowledged and offers them again, rather than counting
+them as failed and losing what the broker already acknowledged to the devices.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 from sqlalchemy import Table, bindparam, case, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from cloud.clock import Clock, from_ms, utcnow
@@ -26,8 +32,20 @@ from cloud.db import SessionFactory, transaction
 from cloud.errors import HubError, InvalidInputError
 from cloud.models import Device, DeviceEvent, DeviceRollback, TelemetryWindow
 from cloud.services import devices, labels, rollbacks
+from cloud.telemetry.tables import SketchRecord
 from edgefleet_proto.topics import Channel, FleetTopics, TopicError
-from edgefleet_proto.v1 import device_pb2, event_pb2, telemetry_pb2
+from edgefleet_proto.v1 import device_pb2, event_pb2, sketch_pb2, telemetry_pb2
+
+__all__ = [
+    "InboundMessage",
+    "IngestStats",
+    "Ingestor",
+    "MalformedError",
+    "RejectedError",
+    "StoreUnavailableError",
+    "event_details",
+    "event_kind",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +60,10 @@ class MalformedError(HubError):
 
 class RejectedError(HubError):
     """A well-formed message a device is not allowed to send (someone else's id or fleet)."""
+
+
+class StoreUnavailableError(HubError):
+    """The database could not take a batch for a reason of its own: offer the batch again later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +81,7 @@ class IngestStats:
     received: int = 0
     statuses: int = 0
     telemetry_windows: int = 0
+    sketch_windows: int = 0
     events: int = 0
     rollbacks: int = 0
     labels: int = 0  # devices whose effective labels changed and were rewritten
@@ -147,6 +170,18 @@ class Ingestor:
                             f"starts ({window.window_start_ms})"
                         )
                 return _Decoded(device_id, channel, batch, msg.retained)
+            if channel is Channel.SKETCH:
+                sketches = sketch_pb2.SketchBatch.FromString(msg.payload)
+                _check_owner(device_id, sketches.device_id, "sketch batch")
+                for sketch in sketches.windows:
+                    _check_int64("sketch seq", sketch.seq)
+                    _check_int64("sketch samples", sketch.samples)
+                    if sketch.window_end_ms < sketch.window_start_ms:
+                        raise MalformedError(
+                            f"sketch window {sketch.seq} ends ({sketch.window_end_ms}) before it "
+                            f"starts ({sketch.window_start_ms})"
+                        )
+                return _Decoded(device_id, channel, sketches, msg.retained)
             if channel is Channel.EVENTS:
                 event = event_pb2.Event.FromString(msg.payload)
                 _check_owner(device_id, event.device_id, "event")
@@ -159,7 +194,12 @@ class Ingestor:
         return None  # a channel the hub does not store (yet)
 
     def ingest(self, messages: Sequence[InboundMessage]) -> None:
-        """Store a batch; never raises for anything a device sent."""
+        """Store a batch; never raises for anything a device sent.
+
+        Raises StoreUnavailableError when the database refused even a single message for a
+        reason of its own: nothing of the batch is lost by offering it again (duplicates are
+        ignored, a status applied twice is applied once).
+        """
         decoded: list[_Decoded] = []
         malformed = rejected = ignored = 0
         for msg in messages:
@@ -188,6 +228,11 @@ class Ingestor:
             for item in decoded:
                 try:
                     self._store_in_transaction([item])
+                except OperationalError as e:
+                    raise StoreUnavailableError(
+                        f"the database did not take a {item.channel} message of device {item.device_id}: "
+                        f"{str(e.orig or e).splitlines()[0]}"
+                    ) from e
                 except Exception:
                     self.stats.add(failed=1)
                     log.exception("could not store a %s message of device %s", item.channel, item.device_id)
@@ -202,6 +247,7 @@ class Ingestor:
     def _store(self, session: Session, items: Sequence[_Decoded], now: datetime) -> dict[str, int]:
         fleet = self._topics.fleet
         windows: list[dict[str, Any]] = []
+        sketches: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         rollback_rows: list[dict[str, Any]] = []
         # Reported labels before and after this batch, for the devices whose labels it changed.
@@ -227,12 +273,15 @@ class Ingestor:
             heard.add(item.device_id)
             if item.channel is Channel.TELEMETRY:
                 windows.extend(_window_row(item.device_id, w, now) for w in item.message.windows)
+            elif item.channel is Channel.SKETCH:
+                sketches.extend(_sketch_row(item.device_id, w, now) for w in item.message.windows)
             elif item.channel is Channel.EVENTS:
                 events.append(_event_row(item.device_id, item.message, now))
                 if item.message.kind == event_pb2.EVENT_KIND_ROLLED_BACK:
                     rollback_rows.append(rollbacks.row_from_event(item.device_id, item.message, now))
         _touch_all(session, fleet, heard, now)
         stored_windows = _insert_ignoring_duplicates(session, TelemetryWindow.__table__, windows)  # type: ignore[attr-defined]
+        stored_sketches = _insert_ignoring_duplicates(session, SketchRecord.__table__, sketches)  # type: ignore[attr-defined]
         stored_events = _insert_ignoring_duplicates(session, DeviceEvent.__table__, events)  # type: ignore[attr-defined]
         table = DeviceRollback.__table__  # type: ignore[attr-defined]
         stored_rollbacks = _insert_ignoring_duplicates(session, table, rollback_rows)
@@ -242,9 +291,12 @@ class Ingestor:
             "statuses": statuses,
             "labels": relabelled,
             "telemetry_windows": stored_windows,
+            "sketch_windows": stored_sketches,
             "events": stored_events,
             "rollbacks": stored_rollbacks,
-            "duplicates": len(windows) - stored_windows + len(events) - stored_events,
+            "duplicates": (
+                len(windows) - stored_windows + len(sketches) - stored_sketches + len(events) - stored_events
+            ),
         }
 
 
@@ -282,6 +334,7 @@ def _touch_all(session: Session, fleet: str, device_ids: set[str], now: datetime
 
 
 def _window_row(device_id: str, w: telemetry_pb2.TelemetryWindow, now: datetime) -> dict[str, Any]:
+    has_resources = w.HasField("resources")
     return {
         "device_id": device_id,
         "seq": w.seq,
@@ -296,6 +349,25 @@ def _window_row(device_id: str, w: telemetry_pb2.TelemetryWindow, now: datetime)
         "p99_ms": w.latency.p99_ms,
         "mean_ms": w.latency.mean_ms,
         "max_ms": w.latency.max_ms,
+        # Absent from agents older than ResourceUsage: NULL, not a claim of zero use.
+        "cpu_percent": w.resources.cpu_percent if has_resources else None,
+        "rss_bytes": min(w.resources.rss_bytes, _MAX_INT64) if has_resources else None,
+        "peak_rss_bytes": min(w.resources.peak_rss_bytes, _MAX_INT64) if has_resources else None,
+        "received_at": now,
+    }
+
+
+def _sketch_row(device_id: str, w: sketch_pb2.SketchWindow, now: datetime) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        "seq": w.seq,
+        "window_start": from_ms(w.window_start_ms),
+        "window_end": from_ms(w.window_end_ms),
+        "model_name": w.model_name,
+        "model_version": w.model_version,
+        "samples": w.samples,
+        # Kept whole: the rollup merges the sketches, and scoring may read fields this hub does not.
+        "payload": w.SerializeToString(),
         "received_at": now,
     }
 

@@ -3,15 +3,37 @@
 One paho client with its own network thread. Inbound messages go to a bounded queue that
 an ingest thread drains in batches, one database transaction per batch (it waits up to
 ``ingest_linger_s`` for a batch to fill, so a quiet fleet is not stored a message at a
-time): a full queue blocks the network thread, which slows the broker connection rather
-than dropping messages the broker already acknowledged.
+time). A full queue would block the network thread; on MQTT 5 it cannot fill, since the hub
+takes no more unacknowledged messages than it holds (``receive_maximum``). What the hub has not
+taken yet waits at the broker, which drops it past ``max_queued_messages``: the broker's limit
+is what decides how long a burst or an outage the hub rides out.
 
-Subscriptions on MQTT 5: telemetry and events through a shared subscription, so replicas
-of the hub split the load. Status uses a plain subscription on purpose: MQTT 5 (4.8.2) says
-a broker sends no retained messages to a new shared subscription (EMQX and HiveMQ follow
-it; Mosquitto 2.0 sends them anyway), and the retained statuses are how a (re)starting hub
-learns which devices exist and whether they are online. Every replica applying every
-status is harmless: applying one is idempotent.
+Nothing the broker acknowledged to a device is lost when the hub stops, crashes or loses
+its connection:
+
+- a message is acknowledged (PUBACK, sent by hand) only once its batch is committed, in the
+  order received, so whatever was not stored yet is still the broker's to redeliver;
+- the session outlives the connection: a client id that stays the same for a restarted hub
+  (``stable_client_id``), never a clean start, and on MQTT 5 a session expiry
+  (``SESSION_EXPIRY_S``). While the hub is away the broker queues its messages, up to the
+  broker's ``max_queued_messages`` (deploy/mosquitto/edgefleet.conf sizes it);
+- a database that refuses a batch (``StoreUnavailableError``) leaves it unacknowledged and
+  is retried with back-off; what the broker drops anyway shows in ``broker_dropped``, read
+  from ``$SYS/broker/publish/messages/dropped``.
+
+On MQTT 5 the hub tells the broker how many unacknowledged messages it takes at once (as many as
+``ingest_queue_size``); on 3.1.1 the broker's ``max_inflight_messages`` decides: set it at least
+to ``ingest_batch_size`` (or batches stay that small) and at most to ``ingest_queue_size``.
+
+Subscriptions on MQTT 5: telemetry, sketches and events through a shared subscription, so
+replicas of the hub split the load. Mosquitto 2.0 keeps dealing an offline member of a share
+group its part of the messages (queued in its session), so each replica needs a client id of
+its own that comes back (``EDGEFLEET_DATA_DIR`` per replica, or a stable host name).
+Status uses a plain subscription on purpose: MQTT 5 (4.8.2) says a broker sends no retained
+messages to a new shared subscription (EMQX and HiveMQ follow it; Mosquitto 2.0 sends them
+anyway), and the retained statuses are how a (re)starting hub learns which devices exist and
+whether they are online. Every replica applying every status is harmless: applying one is
+idempotent.
 
 On every (re)connect the hub resubscribes and republishes every stored desired state,
 so a broker that lost its retained store heals.
@@ -19,40 +41,93 @@ so a broker that lost its retained store heals.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cloud.errors import InvalidInputError, PublishError
-from cloud.services.ingest import InboundMessage
+from cloud.services.ingest import InboundMessage, StoreUnavailableError
 from cloud.settings import Settings
 from cloud.startup import HubStartError, hostport
 from edgefleet_proto.topics import Channel, FleetTopics, TopicError
+
+__all__ = [
+    "DROPPED_TOPIC",
+    "SESSION_EXPIRY_S",
+    "HubMqtt",
+    "check_broker",
+    "receive_maximum",
+    "stable_client_id",
+]
 
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[InboundMessage]], None]
 DesiredSource = Callable[[], Sequence[tuple[str, bytes]]]
 
+# How long the broker keeps the hub's session (subscriptions and queued messages) after the hub
+# went away: long enough to ride out a restart, an upgrade or a night's outage of the hub.
+SESSION_EXPIRY_S = 86_400
+# Mosquitto's count of messages it dropped since it started (queue limits), every sys_interval.
+DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+_RECEIVE_MAXIMUM_LIMIT = 65_535  # the most MQTT 5 can say
+_RETRY_MIN_S, _RETRY_MAX_S = 0.5, 30.0
+
 _STOP = object()
 _PUT_RETRY_S = 1.0
 
 
-def _client_for(settings: Settings, client_id: str) -> paho.Client:
+@dataclass(frozen=True, slots=True)
+class _Received:
+    message: InboundMessage
+    mid: int
+    qos: int
+    # Which connection delivered it: a packet id means nothing on another connection.
+    connection: int
+
+
+def receive_maximum(settings: Settings) -> int:
+    """How many unacknowledged messages the hub lets the broker send it at once (MQTT 5 Receive Maximum).
+
+    As many as the ingest queue holds, so that a burst is read off the socket at once; no more,
+    or the network thread would wait on the full queue. Measured on Mosquitto 2.0.11: what a
+    subscriber has not read yet is queued, and dropped past ``max_queued_messages``, whatever its
+    Receive Maximum, so the broker's queue limit is what must be sized (deploy/mosquitto/).
+    """
+    return min(_RECEIVE_MAXIMUM_LIMIT, settings.ingest_queue_size)
+
+
+def stable_client_id(settings: Settings) -> str:
+    """``edgefleet-hub-{fleet}-{digest}``, the same each time this hub starts on this host with this data
+    folder, so that the broker hands a restarted hub the session (and the messages) it left behind."""
+    where = f"{socket.gethostname()}\0{settings.data_dir.resolve()}"
+    return f"edgefleet-hub-{settings.fleet}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+
+
+def _client_for(settings: Settings, client_id: str, *, persistent: bool = False) -> paho.Client:
     v5 = settings.mqtt_protocol == "5"
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        # MQTT 3.1.1 keeps a session only without clean session; MQTT 5 says so at connect (clean_start).
+        clean_session=None if v5 else not persistent,
+        # Acknowledged once stored: see the module's docstring.
+        manual_ack=persistent,
     )
     if settings.mqtt_username is not None:
         password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
@@ -118,7 +193,7 @@ class HubMqtt:
         self._desired_source = desired_source
         self.topics = FleetTopics(settings.fleet, settings.topic_prefix)
         self._v5 = settings.mqtt_protocol == "5"
-        self._queue: queue.Queue[InboundMessage | object] = queue.Queue(maxsize=settings.ingest_queue_size)
+        self._queue: queue.Queue[_Received | object] = queue.Queue(maxsize=settings.ingest_queue_size)
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._stopping = threading.Event()
@@ -128,10 +203,15 @@ class HubMqtt:
         self._subscribe_mid: int | None = None
         self._threads: list[threading.Thread] = []
         self._started = False
+        # Bumped on each connect; held while acknowledging so that no PUBACK of an old connection's
+        # packet id goes out on a new one.
+        self._connection = 0
+        self._ack_lock = threading.Lock()
+        self._broker_dropped: int | None = None
+        self.receive_maximum = receive_maximum(settings)
 
-        self._client = _client_for(
-            settings, client_id or f"edgefleet-hub-{settings.fleet}-{secrets.token_hex(4)}"
-        )
+        self.client_id = client_id or stable_client_id(settings)
+        self._client = _client_for(settings, self.client_id, persistent=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -149,24 +229,44 @@ class HubMqtt:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        properties: Properties | None = None
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = SESSION_EXPIRY_S
+            properties.ReceiveMaximum = self.receive_maximum
         self._client.connect_async(
-            self._settings.mqtt_host, self._settings.mqtt_port, keepalive=self._settings.mqtt_keepalive_s
+            self._settings.mqtt_host,
+            self._settings.mqtt_port,
+            keepalive=self._settings.mqtt_keepalive_s,
+            # Never a clean start (paho's default is one on the first connect): the session this
+            # hub left holds what devices sent while it was away. (3.1.1: clean_session, above.)
+            clean_start=False if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
         )
         self._client.loop_start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Disconnect, store what was already received, stop the threads (idempotent)."""
+        """Store and acknowledge what was already received, disconnect, stop the threads (idempotent).
+
+        What arrives meanwhile is left unacknowledged: the broker keeps it in the session.
+        """
         if not self._started or self._stopping.is_set():
             return
         self._stopping.set()
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.warning(
+                "ingest queue still full at shutdown; %d messages left to the broker to redeliver",
+                self._queue.qsize(),
+            )
+        for thread in self._threads:
+            if thread.name == "mqtt-ingest":
+                thread.join(timeout)
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
         self._resync_wanted.set()
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.error("ingest queue still full at shutdown; %d messages not stored", self._queue.qsize())
         for thread in self._threads:
             thread.join(timeout)
 
@@ -191,6 +291,15 @@ class HubMqtt:
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def broker_dropped(self) -> int | None:
+        """Messages the broker says it dropped since it started; None until it says.
+
+        Mosquitto publishes the count when it changes, retained for 60 s only: a hub that connects
+        after a quiet minute reads None until the next drop (or forever from a broker without $SYS).
+        """
+        return self._broker_dropped
 
     # --- outbound -----------------------------------------------------------------------
 
@@ -266,18 +375,23 @@ class HubMqtt:
             log.warning("MQTT broker refused the connection: %s", reason)
             return
         log.info("connected to MQTT broker %s:%d", self._settings.mqtt_host, self._settings.mqtt_port)
+        with self._ack_lock:
+            self._connection += 1
         self._connected.set()
         self._subscribed.clear()
         group = self._settings.share_group if self._v5 else None
         filters = [
             self.topics.filter(Channel.STATUS),
             self.topics.filter(Channel.TELEMETRY, group),
+            self.topics.filter(Channel.SKETCH, group),
             self.topics.filter(Channel.EVENTS, group),
         ]
         if self._v5:
             _rc, self._subscribe_mid = client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
         else:
             _rc, self._subscribe_mid = client.subscribe([(f, 1) for f in filters])
+        # On its own: a broker without $SYS (or one that refuses it) must not fail the hub's subscriptions.
+        client.subscribe(DROPPED_TOPIC, 0)
         self._resync_wanted.set()
 
     def _on_subscribe(
@@ -294,13 +408,26 @@ class HubMqtt:
     def _on_disconnect(
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
-        self._connected.clear()
+        # Under the ack lock: a PUBACK being queued now lands before paho clears its outgoing
+        # packets to reconnect, never after (ahead of the next CONNECT).
+        with self._ack_lock:
+            self._connected.clear()
         self._subscribed.clear()
         if not self._stopping.is_set():
             log.warning("disconnected from MQTT broker (%s); reconnecting", reason)
 
-    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        item = InboundMessage(msg.topic, bytes(msg.payload), bool(msg.retain))
+    def _on_message(self, client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        if msg.topic == DROPPED_TOPIC:
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
+            self._note_dropped(bytes(msg.payload))
+            return
+        item = _Received(
+            InboundMessage(msg.topic, bytes(msg.payload), bool(msg.retain)),
+            msg.mid,
+            msg.qos,
+            self._connection,
+        )
         warned = False
         while True:
             try:
@@ -308,7 +435,7 @@ class HubMqtt:
                 return
             except queue.Full:
                 if self._stopping.is_set():
-                    return
+                    return  # unacknowledged: the broker redelivers it to this session
                 if not warned:
                     log.warning("ingest queue full (%d); slowing the broker connection", self._queue.maxsize)
                     warned = True
@@ -342,12 +469,57 @@ class HubMqtt:
                     stop = True
                     break
                 batch.append(item)
-            try:
-                self._on_batch([m for m in batch if isinstance(m, InboundMessage)])
-            except Exception:
-                log.exception("ingest of a batch of %d messages failed", len(batch))
+            received = [m for m in batch if isinstance(m, _Received)]
+            if self._store(received):
+                self._ack(received)
             if stop:
                 return
+
+    def _store(self, received: Sequence[_Received]) -> bool:
+        """Hand a batch to ``on_batch`` until the database takes it; False when stopped first."""
+        messages = [r.message for r in received]
+        delay = _RETRY_MIN_S
+        while True:
+            try:
+                self._on_batch(messages)
+                return True
+            except StoreUnavailableError as e:
+                log.warning("%s; offering the batch of %d again in %.1f s", e, len(messages), delay)
+            except Exception:
+                # A fault of the hub's own, not of the database: retrying would fail the same way.
+                log.exception("ingest of a batch of %d messages failed", len(messages))
+                return True
+            if self._stopping.wait(delay):
+                return False  # unacknowledged: the broker redelivers the batch to this session
+            delay = min(delay * 2, _RETRY_MAX_S)
+
+    def _ack(self, received: Sequence[_Received]) -> None:
+        """PUBACK what was stored, in the order received (as MQTT asks), on the connection it came by."""
+        with self._ack_lock:
+            if not self._connected.is_set():
+                return
+            for r in received:
+                if r.qos and r.connection == self._connection:
+                    self._client.ack(r.mid, r.qos)
+
+    def _note_dropped(self, payload: bytes) -> None:
+        try:
+            value = int(payload.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            log.warning("%s is not a count: %r", DROPPED_TOPIC, payload[:32])
+            return
+        previous, self._broker_dropped = self._broker_dropped, value
+        if previous is None:
+            log.info("the MQTT broker has dropped %d messages since it started", value)
+        elif value > previous:
+            log.warning(
+                "the MQTT broker dropped %d messages (%d since it started): a client's queue passed the "
+                "broker's max_queued_messages, or its in-flight window overflowed",
+                value - previous,
+                value,
+            )
+        elif value < previous:
+            log.info("the MQTT broker's dropped count went back to %d: it restarted", value)
 
     def _resync_loop(self) -> None:
         while True:

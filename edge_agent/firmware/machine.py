@@ -5,14 +5,17 @@ the restart lands in TRIAL when the boot-control file says the new slot is on tr
 and TRIAL ends in IDLE either way: committed after a health check, or back on the old
 slot after too many failed boots. A delta that does not apply sends the attempt back to
 DOWNLOADING for the full image. Pure: no I/O, so the table is tested case by case.
+
+The table runs on the agent's one engine, :class:`edge_agent.machine.StateMachine`, the
+same that walks model updates (:mod:`edge_agent.update_machine`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Final
+
+from edge_agent.machine import IllegalTransitionError, StateMachine, Table, freeze_table
 
 __all__ = [
     "TRANSITIONS",
@@ -50,7 +53,9 @@ class FirmwareEvent(enum.Enum):
 
 S, E = FirmwareState, FirmwareEvent
 
-TRANSITIONS: Final[Mapping[tuple[FirmwareState, FirmwareEvent], FirmwareState]] = MappingProxyType(
+TRANSITIONS: Final[Table[FirmwareState, FirmwareEvent]] = freeze_table(
+    FirmwareState,
+    FirmwareEvent,
     {
         (S.IDLE, E.FETCH): S.DOWNLOADING,
         (S.IDLE, E.FAIL): S.FAILED,  # refused before any I/O (other hardware, agent too old)
@@ -71,39 +76,26 @@ TRANSITIONS: Final[Mapping[tuple[FirmwareState, FirmwareEvent], FirmwareState]] 
         (S.TRIAL, E.UNHEALTHY): S.REBOOT_PENDING,
         (S.TRIAL, E.FELL_BACK): S.IDLE,
         (S.FAILED, E.RETRY): S.IDLE,
-    }
+    },
 )
 
 # Where the machine waits for something outside an install attempt.
 RESTING: Final = frozenset({S.IDLE, S.FAILED, S.REBOOT_PENDING, S.TRIAL})
 
 
-class IllegalFirmwareTransitionError(RuntimeError):
+class IllegalFirmwareTransitionError(IllegalTransitionError):
     """A step posted an event its state has no row for: a bug, not bad input."""
 
 
-class FirmwareMachine:
+class FirmwareMachine(StateMachine[FirmwareState, FirmwareEvent]):
+    """The firmware table on the shared engine."""
+
+    label = "firmware"
+    error = IllegalFirmwareTransitionError
+
     def __init__(
         self,
         state: FirmwareState = FirmwareState.IDLE,
-        table: Mapping[tuple[FirmwareState, FirmwareEvent], FirmwareState] = TRANSITIONS,
+        table: Table[FirmwareState, FirmwareEvent] = TRANSITIONS,
     ) -> None:
-        self._state = state
-        self._table = table
-        self.history: list[FirmwareState] = [state]
-
-    @property
-    def state(self) -> FirmwareState:
-        return self._state
-
-    def post(self, event: FirmwareEvent) -> FirmwareState:
-        try:
-            nxt = self._table[(self._state, event)]
-        except KeyError:
-            raise IllegalFirmwareTransitionError(
-                f"no firmware transition from {self._state.name} on {event.name}; "
-                f"allowed: {sorted(e.name for (s, e) in self._table if s is self._state)}"
-            ) from None
-        self._state = nxt
-        self.history.append(nxt)
-        return nxt
+        super().__init__(state, table)

@@ -6,6 +6,12 @@ decoder and as a verifier after the pinned-digest one. It installs the provision
 on first start, and arranges the one thing the decoder cannot do on the event loop: when
 an instruction is signed by a director key the cached root does not name (a rotation),
 refresh the root in a worker thread and offer the instruction once more.
+
+Nothing here imports python-tuf or the cryptography under it: the repository is a
+:class:`~edge_agent.trust.lazy.LazyRepository`, built on the first check. Only a first
+start that installs the provisioned root (``trust.root_file``) loads that stack at once,
+to refuse a bad root file before the agent serves. Firmware slots (and the bundle
+readers under them) are imported only when ``firmware.hardware_id`` is set.
 """
 
 from __future__ import annotations
@@ -17,22 +23,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError
-from edge_agent.fetcher import Fetcher
-from edge_agent.firmware.manager import FirmwareManager, FirmwareReporter
-from edge_agent.firmware.service import FirmwareService
+from edge_agent.fetcher import Fetcher, SyncChannels
 from edge_agent.logs import Log
 from edge_agent.trust.channel import SignedUpdateChannel
 from edge_agent.trust.errors import NotProvisionedError, TrustError
-from edge_agent.trust.repository import TrustedRepository, install_root
+from edge_agent.trust.lazy import LazyRepository
 from edge_agent.trust.state import TrustStateFile
-from edge_agent.trust.transport import SyncChannels, TufTransport
 from edge_agent.verify import PinnedDigestVerifier, VerifierChain
 from edgefleet_proto.v1 import common_pb2, desired_pb2, event_pb2
+
+if TYPE_CHECKING:
+    # Firmware slots are imported only by a device that takes firmware (firmware.hardware_id set).
+    from edge_agent.firmware.manager import FirmwareReporter
+    from edge_agent.firmware.service import FirmwareService
 
 __all__ = ["Trust", "TrustVerifier", "attach_trust", "trust_dir"]
 
@@ -152,21 +161,14 @@ def attach_trust(
                 "no trusted root installed: every desired state will be refused (set trust.root_file)"
             )
         else:
+            from edge_agent.trust.repository import install_root  # provisioning: the first start only
+
             try:
                 version = install_root(folder, t.root_file.read_bytes())
             except OSError as e:
                 raise NotProvisionedError(f"trust.root_file: cannot read {t.root_file}: {e.strerror}") from e
             logger.info("installed trusted root v%d from %s", version, t.root_file)
-    transport = TufTransport(
-        channels=sync_channels,
-        endpoint=config.hub.grpc_endpoint,
-        device_id=config.device_id,
-        tls=config.hub.grpc_tls,
-        ca_file=config.hub.ca_file,
-        http_base=t.http_url or None,
-        timeout_s=t.metadata_timeout_s,
-    )
-    repository = TrustedRepository(folder, transport, limits=t.limits(), now=lambda: _utc(clock))
+    repository = LazyRepository(folder, config=config, channels=sync_channels, now=lambda: _utc(clock))
     channel = SignedUpdateChannel(
         repository,
         TrustStateFile(folder / "state.json"),
@@ -179,6 +181,9 @@ def attach_trust(
     trust = Trust(channel=channel, verifier=TrustVerifier(channel))
     fw = config.firmware
     if fw.enabled:
+        from edge_agent.firmware.manager import FirmwareManager
+        from edge_agent.firmware.service import FirmwareService
+
         manager = FirmwareManager(
             config.state_dir / "firmware",
             hardware_id=fw.hardware_id,

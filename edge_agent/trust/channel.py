@@ -20,23 +20,50 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.errors import VerifyError
-from edge_agent.firmware.manager import FirmwareOffer
 from edge_agent.logs import Log
-from edge_agent.trust.director import DirectorMark, UnknownDirectorKeyError, verify_signed_desired
+from edge_agent.trust.director import (
+    DirectorKeys,
+    DirectorMark,
+    UnknownDirectorKeyError,
+    verify_signed_desired,
+)
 from edge_agent.trust.errors import DirectorRejectedError, MetadataError, RepositoryMismatchError, TrustError
-from edge_agent.trust.repository import RefreshResult, TrustedRepository
 from edge_agent.trust.state import TrustStateFile
 from edge_agent.trust.targets import SignedTarget, verify_file
 from edgefleet_proto.v1 import common_pb2, desired_pb2
 
-__all__ = ["DEFAULT_MAX_DESIRED_BYTES", "SignedUpdateChannel"]
+if TYPE_CHECKING:
+    # Types only: firmware slots load only on a device that takes firmware, and the repository
+    # module imports python-tuf (see edge_agent.trust.lazy).
+    from edge_agent.firmware.manager import FirmwareOffer
+    from edge_agent.trust.repository import RefreshResult
+
+__all__ = ["DEFAULT_MAX_DESIRED_BYTES", "Repository", "SignedUpdateChannel"]
 
 log = logging.getLogger(__name__)
 
 # A signed desired state is a few hundred bytes; anything near this is not one.
 DEFAULT_MAX_DESIRED_BYTES = 16 * 1024
+
+
+class Repository(Protocol):
+    """What the channel asks of the signed repository.
+
+    :class:`~edge_agent.trust.repository.TrustedRepository` is the real one; an agent hands in a
+    :class:`~edge_agent.trust.lazy.LazyRepository`, which builds the real one (and imports
+    python-tuf) on the first call that needs it.
+    """
+
+    def refresh(self) -> RefreshResult: ...
+
+    def target(self, path: str) -> SignedTarget | None: ...
+
+    def root_version(self) -> int: ...
+
+    def director_keys(self) -> DirectorKeys: ...
 
 
 class SignedUpdateChannel:
@@ -46,7 +73,7 @@ class SignedUpdateChannel:
 
     def __init__(
         self,
-        repository: TrustedRepository,
+        repository: Repository,
         state: TrustStateFile,
         *,
         device_id: str,
@@ -162,6 +189,8 @@ class SignedUpdateChannel:
         self, firmware: common_pb2.FirmwareRef, running_payload_sha256: str | None
     ) -> FirmwareOffer:
         """The signed targets for a desired image (refresh first). Raises when the repository disagrees."""
+        from edge_agent.firmware.manager import FirmwareOffer
+
         full = self._signed_target(firmware.target, f"firmware {firmware.name} {firmware.version}")
         if (full.sha256, full.length) != (firmware.sha256, firmware.length):
             raise RepositoryMismatchError(

@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
-from securesystemslib.exceptions import UnverifiedSignatureError
-from securesystemslib.signer import Key, Signature
-from tuf.api.metadata import Root
 
 from edge_agent.trust.errors import (
     DesiredExpiredError,
@@ -26,6 +24,12 @@ from edge_agent.trust.errors import (
     WrongDeviceError,
 )
 from edgefleet_proto.v1 import desired_pb2
+
+if TYPE_CHECKING:
+    # securesystemslib pulls in cryptography (several MiB resident): an agent imports it when it
+    # first checks a signature (_count_valid), not at start. See edge_agent.trust.lazy.
+    from securesystemslib.signer import Key
+    from tuf.api.metadata import Root
 
 __all__ = [
     "DIRECTOR_FIELD",
@@ -76,6 +80,9 @@ class DirectorMark:
 
 
 def _count_valid(envelope: desired_pb2.SignedDesiredState, keys: DirectorKeys) -> tuple[int, list[str]]:
+    from securesystemslib.exceptions import UnverifiedSignatureError
+    from securesystemslib.signer import Signature
+
     valid: set[str] = set()
     unknown: list[str] = []
     for sig in envelope.signatures:

@@ -13,12 +13,15 @@ needs no trust of its own; it maps errors: NOT_FOUND becomes the HTTP 404 that t
 client "no newer root", a deadline becomes a slow-retrieval error.
 
 The TUF client is synchronous and runs in a worker thread, so this uses blocking gRPC
-channels, shared per endpoint through :class:`SyncChannels` (a simulator runs many agents).
+channels, shared per endpoint through :class:`~edge_agent.fetcher.SyncChannels` (a simulator
+runs many agents; re-exported here for the callers that import it from this module).
+
+This module imports python-tuf: only the lazily built repository (``edge_agent.trust.lazy``)
+imports it in an agent, when the first check needs it.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +30,8 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
+from edge_agent.errors import DownloadError
+from edge_agent.fetcher import SyncChannels
 from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc
 
 __all__ = ["METADATA_URL", "TARGETS_URL", "SyncChannels", "TufTransport"]
@@ -49,40 +54,6 @@ def _code(e: grpc.RpcError) -> grpc.StatusCode:
     code = getattr(e, "code", None)
     value = code() if callable(code) else None
     return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-
-
-class SyncChannels:
-    """Blocking gRPC channels, one per (endpoint, TLS settings), safe to share between threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._channels: dict[tuple[str, bool, str], grpc.Channel] = {}
-
-    def get(self, endpoint: str, *, tls: bool = False, ca_file: Path | None = None) -> grpc.Channel:
-        key = (endpoint, tls, str(ca_file or ""))
-        with self._lock:
-            channel = self._channels.get(key)
-            if channel is None:
-                if tls:
-                    try:
-                        root = ca_file.read_bytes() if ca_file is not None else None
-                    except OSError as e:
-                        raise tuf_errors.DownloadError(
-                            f"cannot read the hub CA file {ca_file}: {e.strerror}"
-                        ) from e
-                    channel = grpc.secure_channel(
-                        endpoint, grpc.ssl_channel_credentials(root_certificates=root)
-                    )
-                else:
-                    channel = grpc.insecure_channel(endpoint)
-                self._channels[key] = channel
-            return channel
-
-    def close(self) -> None:
-        with self._lock:
-            channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
-            channel.close()
 
 
 class TufTransport(FetcherInterface):
@@ -111,9 +82,11 @@ class TufTransport(FetcherInterface):
         self.last_route = ""
 
     def _stub(self) -> artifact_pb2_grpc.ArtifactServiceStub:
-        return artifact_pb2_grpc.ArtifactServiceStub(
-            self._channels.get(self._endpoint, tls=self._tls, ca_file=self._ca_file)
-        )
+        try:
+            channel = self._channels.get(self._endpoint, tls=self._tls, ca_file=self._ca_file)
+        except DownloadError as e:  # the TUF client understands only its own error family
+            raise tuf_errors.DownloadError(str(e)) from e
+        return artifact_pb2_grpc.ArtifactServiceStub(channel)
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if url.startswith(METADATA_URL):

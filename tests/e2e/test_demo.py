@@ -57,6 +57,17 @@ def test_demo_with_mosquitto(mqtt_broker: tuple[str, int], short_tmp: Path) -> N
     assert failed["actor"] == "system"
     assert "rollbacks" in failed["reason"] and "threshold 5%" in failed["reason"]
     assert f"rollout {bad['name']}: rolled_back" in text and f"rollout {good['name']}: completed" in text
+    # (c) The us cohort's inputs drifted: its alert fired, no other cohort's did, and the drift alert
+    # triggered a retraining run that registered a challenger.
+    drift = summary["drift"]
+    assert drift["alert_cohorts"] == ["us"], drift
+    assert drift["shifted_devices"] == 3
+    calm = [v for k, v in drift["drift"].items() if k in ("eu", "canary") and v is not None]
+    assert calm and drift["drift"]["us"] > 1 > max(calm), drift["drift"]
+    run = drift["training"]
+    assert run["trigger"] == "drift" and run["state"] in ("succeeded", "awaiting_approval"), run
+    assert run["challenger"] not in ("-", run["champion"])
+    assert "drift per cohort" in text and "cohort-drift firing for cohort(s) us" in text
 
 
 def test_demo_with_embedded_broker(short_tmp: Path) -> None:
@@ -72,3 +83,5 @@ def test_demo_with_embedded_broker(short_tmp: Path) -> None:
     assert summary["rollback"]["rolled_back"] == summary["rollback"]["devices"]
     assert summary["rollouts"]["good"]["state"] == "completed"
     assert summary["rollouts"]["bad"]["state"] == "rolled_back"
+    assert summary["drift"]["alert_cohorts"] == ["us"]
+    assert summary["drift"]["training"]["trigger"] == "drift"

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgefleet_proto.v1 import common_pb2 as edgefleet__proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"edgefleet_proto/v1/inference.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1f\x65\x64gefleet_proto/v1/common.proto\"\x8f\x01\n\x0ePredictRequest\x12\x38\n\x06inputs\x18\x01 \x03(\x0b\x32(.edgefleet.v1.PredictRequest.InputsEntry\x1a\x43\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.edgefleet.v1.Tensor:\x02\x38\x01\"\xcf\x01\n\x0fPredictResponse\x12;\n\x07outputs\x18\x01 \x03(\x0b\x32*.edgefleet.v1.PredictResponse.OutputsEntry\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x1a\x44\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.edgefleet.v1.Tensor:\x02\x38\x01\"\r\n\x0bInfoRequest\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xad\x01\n\x0cInfoResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12(\n\x06inputs\x18\x03 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12)\n\x07outputs\x18\x04 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12\x0e\n\x06health\x18\x05 \x01(\t2\x99\x01\n\x10InferenceService\x12\x46\n\x07Predict\x12\x1c.edgefleet.v1.PredictRequest\x1a\x1d.edgefleet.v1.PredictResponse\x12=\n\x04Info\x12\x19.edgefleet.v1.InfoRequest\x1a\x1a.edgefleet.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"edgefleet_proto/v1/inference.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1f\x65\x64gefleet_proto/v1/common.proto\"\x8f\x01\n\x0ePredictRequest\x12\x38\n\x06inputs\x18\x01 \x03(\x0b\x32(.edgefleet.v1.PredictRequest.InputsEntry\x1a\x43\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.edgefleet.v1.Tensor:\x02\x38\x01\"\xe6\x01\n\x0fPredictResponse\x12;\n\x07outputs\x18\x01 \x03(\x0b\x32*.edgefleet.v1.PredictResponse.OutputsEntry\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x15\n\rprediction_id\x18\x04 \x01(\t\x1a\x44\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.edgefleet.v1.Tensor:\x02\x38\x01\"7\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\r\"J\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x08\"\r\n\x0bInfoRequest\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xad\x01\n\x0cInfoResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12(\n\x06inputs\x18\x03 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12)\n\x07outputs\x18\x04 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12\x0e\n\x06health\x18\x05 \x01(\t2\xe4\x01\n\x10InferenceService\x12\x46\n\x07Predict\x12\x1c.edgefleet.v1.PredictRequest\x1a\x1d.edgefleet.v1.PredictResponse\x12=\n\x04Info\x12\x19.edgefleet.v1.InfoRequest\x1a\x1a.edgefleet.v1.InfoResponse\x12I\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1d.edgefleet.v1.FeedbackRequest\x1a\x1e.edgefleet.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,15 +41,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=162
   _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=229
   _globals['_PREDICTRESPONSE']._serialized_start=232
-  _globals['_PREDICTRESPONSE']._serialized_end=439
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=371
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=439
-  _globals['_INFOREQUEST']._serialized_start=441
-  _globals['_INFOREQUEST']._serialized_end=454
-  _globals['_TENSORSPEC']._serialized_start=456
-  _globals['_TENSORSPEC']._serialized_end=512
-  _globals['_INFORESPONSE']._serialized_start=515
-  _globals['_INFORESPONSE']._serialized_end=688
-  _globals['_INFERENCESERVICE']._serialized_start=691
-  _globals['_INFERENCESERVICE']._serialized_end=844
+  _globals['_PREDICTRESPONSE']._serialized_end=462
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=394
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=462
+  _globals['_FEEDBACKREQUEST']._serialized_start=464
+  _globals['_FEEDBACKREQUEST']._serialized_end=519
+  _globals['_FEEDBACKRESPONSE']._serialized_start=521
+  _globals['_FEEDBACKRESPONSE']._serialized_end=595
+  _globals['_INFOREQUEST']._serialized_start=597
+  _globals['_INFOREQUEST']._serialized_end=610
+  _globals['_TENSORSPEC']._serialized_start=612
+  _globals['_TENSORSPEC']._serialized_end=668
+  _globals['_INFORESPONSE']._serialized_start=671
+  _globals['_INFORESPONSE']._serialized_end=844
+  _globals['_INFERENCESERVICE']._serialized_start=847
+  _globals['_INFERENCESERVICE']._serialized_end=1075
 # @@protoc_insertion_point(module_scope)

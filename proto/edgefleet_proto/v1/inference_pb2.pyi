@@ -92,7 +92,10 @@ class PredictResponse(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
     latency_ms: _builtins.float
+    prediction_id: _builtins.str
+    """Names this prediction for Feedback."""
     @_builtins.property
     def outputs(self) -> _containers.MessageMap[_builtins.str, _common_pb2.Tensor]: ...
     @_builtins.property
@@ -103,14 +106,64 @@ class PredictResponse(_message.Message):
         outputs: _abc.Mapping[_builtins.str, _common_pb2.Tensor] | None = ...,
         model: _common_pb2.ModelRef | None = ...,
         latency_ms: _builtins.float = ...,
+        prediction_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latency_ms", b"latency_ms", "model", b"model", "outputs", b"outputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latency_ms", b"latency_ms", "model", b"model", "outputs", b"outputs", "prediction_id", b"prediction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
+
+@_typing.final
+class FeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    prediction_id: _builtins.str
+    label: _builtins.int
+    """The true class id."""
+    def __init__(
+        self,
+        *,
+        prediction_id: _builtins.str = ...,
+        label: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "prediction_id", b"prediction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackRequest: _TypeAlias = FeedbackRequest  # noqa: Y015
+
+@_typing.final
+class FeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CORRECT_FIELD_NUMBER: _builtins.int
+    correct: _builtins.bool
+    """Whether the prediction was right."""
+    @_builtins.property
+    def model(self) -> _common_pb2.ModelRef:
+        """The model version that made the prediction."""
+
+    def __init__(
+        self,
+        *,
+        model: _common_pb2.ModelRef | None = ...,
+        correct: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correct", b"correct", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackResponse: _TypeAlias = FeedbackResponse  # noqa: Y015
 
 @_typing.final
 class InfoRequest(_message.Message):

@@ -46,6 +46,11 @@ class InferenceServiceStub:
                 request_serializer=edgefleet__proto_dot_v1_dot_inference__pb2.InfoRequest.SerializeToString,
                 response_deserializer=edgefleet__proto_dot_v1_dot_inference__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/edgefleet.v1.InferenceService/Feedback',
+                request_serializer=edgefleet__proto_dot_v1_dot_inference__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=edgefleet__proto_dot_v1_dot_inference__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -65,6 +70,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """The true label of an earlier prediction, by the id Predict returned. Unknown or expired ids
+        answer NOT_FOUND, a second label for the same id ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=edgefleet__proto_dot_v1_dot_inference__pb2.InfoRequest.FromString,
                     response_serializer=edgefleet__proto_dot_v1_dot_inference__pb2.InfoResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=edgefleet__proto_dot_v1_dot_inference__pb2.FeedbackRequest.FromString,
+                    response_serializer=edgefleet__proto_dot_v1_dot_inference__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class InferenceService:
             '/edgefleet.v1.InferenceService/Info',
             edgefleet__proto_dot_v1_dot_inference__pb2.InfoRequest.SerializeToString,
             edgefleet__proto_dot_v1_dot_inference__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.InferenceService/Feedback',
+            edgefleet__proto_dot_v1_dot_inference__pb2.FeedbackRequest.SerializeToString,
+            edgefleet__proto_dot_v1_dot_inference__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

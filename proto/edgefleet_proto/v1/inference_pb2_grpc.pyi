@@ -37,6 +37,10 @@ class InferenceServiceStub:
     def __new__(cls, channel: _aio.Channel) -> InferenceServiceAsyncStub: ...
     Predict: _grpc.UnaryUnaryMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]
     Info: _grpc.UnaryUnaryMultiCallable[_inference_pb2.InfoRequest, _inference_pb2.InfoResponse]
+    Feedback: _grpc.UnaryUnaryMultiCallable[_inference_pb2.FeedbackRequest, _inference_pb2.FeedbackResponse]
+    """The true label of an earlier prediction, by the id Predict returned. Unknown or expired ids
+    answer NOT_FOUND, a second label for the same id ALREADY_EXISTS.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -47,6 +51,10 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Predict: _aio.UnaryUnaryMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]  # type: ignore[assignment]
     Info: _aio.UnaryUnaryMultiCallable[_inference_pb2.InfoRequest, _inference_pb2.InfoResponse]  # type: ignore[assignment]
+    Feedback: _aio.UnaryUnaryMultiCallable[_inference_pb2.FeedbackRequest, _inference_pb2.FeedbackResponse]  # type: ignore[assignment]
+    """The true label of an earlier prediction, by the id Predict returned. Unknown or expired ids
+    answer NOT_FOUND, a second label for the same id ALREADY_EXISTS.
+    """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The agent's local prediction API, served on a Unix domain socket (default)
@@ -66,5 +74,15 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.InfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.InfoResponse, _abc.Awaitable[_inference_pb2.InfoResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Feedback(
+        self,
+        request: _inference_pb2.FeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.FeedbackResponse, _abc.Awaitable[_inference_pb2.FeedbackResponse]]:
+        """The true label of an earlier prediction, by the id Predict returned. Unknown or expired ids
+        answer NOT_FOUND, a second label for the same id ALREADY_EXISTS.
+        """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n edgefleet_proto/v1/profile.proto\x12\x0c\x65\x64gefleet.v1\"Z\n\rFeatureSketch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nkll_floats\x18\x02 \x01(\x0c\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0b\n\x03min\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\"\xbf\x01\n\x0b\x44\x61taProfile\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x03 \x01(\t\x12\x0f\n\x07samples\x18\x04 \x01(\x04\x12-\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x1b.edgefleet.v1.FeatureSketch\x12\x1a\n\x12\x63lass_distribution\x18\x06 \x03(\x01\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n edgefleet_proto/v1/profile.proto\x12\x0c\x65\x64gefleet.v1\"Z\n\rFeatureSketch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nkll_floats\x18\x02 \x01(\x0c\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0b\n\x03min\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\"\xe7\x01\n\x0b\x44\x61taProfile\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x03 \x01(\t\x12\x0f\n\x07samples\x18\x04 \x01(\x04\x12-\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x1b.edgefleet.v1.FeatureSketch\x12\x1a\n\x12\x63lass_distribution\x18\x06 \x03(\x01\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x11\n\treduction\x18\x08 \x01(\t\x12\x13\n\x0bimage_shape\x18\t \x03(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,5 +34,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATURESKETCH']._serialized_start=50
   _globals['_FEATURESKETCH']._serialized_end=140
   _globals['_DATAPROFILE']._serialized_start=143
-  _globals['_DATAPROFILE']._serialized_end=334
+  _globals['_DATAPROFILE']._serialized_end=374
 # @@protoc_insertion_point(module_scope)

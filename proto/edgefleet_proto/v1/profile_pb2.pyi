@@ -68,11 +68,17 @@ class DataProfile(_message.Message):
     FEATURES_FIELD_NUMBER: _builtins.int
     CLASS_DISTRIBUTION_FIELD_NUMBER: _builtins.int
     CLASS_NAMES_FIELD_NUMBER: _builtins.int
+    REDUCTION_FIELD_NUMBER: _builtins.int
+    IMAGE_SHAPE_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.str
     dataset_hash: _builtins.str
     """Content hash of the data the profile was computed on."""
     samples: _builtins.int
+    reduction: _builtins.str
+    """How inputs became `features` ("columns", "image_summary", "channel_means"; empty: "columns",
+    or "image_summary" when image_shape is set), and the shape of one input image, if any.
+    """
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureSketch]: ...
     @_builtins.property
@@ -81,6 +87,8 @@ class DataProfile(_message.Message):
 
     @_builtins.property
     def class_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def image_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -91,10 +99,12 @@ class DataProfile(_message.Message):
         features: _abc.Iterable[Global___FeatureSketch] | None = ...,
         class_distribution: _abc.Iterable[_builtins.float] | None = ...,
         class_names: _abc.Iterable[_builtins.str] | None = ...,
+        reduction: _builtins.str = ...,
+        image_shape: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_distribution", b"class_distribution", "class_names", b"class_names", "dataset_hash", b"dataset_hash", "features", b"features", "model_name", b"model_name", "model_version", b"model_version", "samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_distribution", b"class_distribution", "class_names", b"class_names", "dataset_hash", b"dataset_hash", "features", b"features", "image_shape", b"image_shape", "model_name", b"model_name", "model_version", b"model_version", "reduction", b"reduction", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"edgefleet_proto/v1/telemetry.proto\x12\x0c\x65\x64gefleet.v1\"a\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0f\n\x07mean_ms\x18\x04 \x01(\x01\x12\x0e\n\x06max_ms\x18\x05 \x01(\x01\"\xca\x01\n\x0fTelemetryWindow\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x17\n\x0fwindow_start_ms\x18\x02 \x01(\x03\x12\x15\n\rwindow_end_ms\x18\x03 \x01(\x03\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x04\x12-\n\x07latency\x18\x08 \x01(\x0b\x32\x1c.edgefleet.v1.LatencySummary\"S\n\x0eTelemetryBatch\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12.\n\x07windows\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.TelemetryWindowb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"edgefleet_proto/v1/telemetry.proto\x12\x0c\x65\x64gefleet.v1\"a\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0f\n\x07mean_ms\x18\x04 \x01(\x01\x12\x0e\n\x06max_ms\x18\x05 \x01(\x01\"O\n\rResourceUsage\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x11\n\trss_bytes\x18\x02 \x01(\x04\x12\x16\n\x0epeak_rss_bytes\x18\x03 \x01(\x04\"\xfa\x01\n\x0fTelemetryWindow\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x17\n\x0fwindow_start_ms\x18\x02 \x01(\x03\x12\x15\n\rwindow_end_ms\x18\x03 \x01(\x03\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x04\x12-\n\x07latency\x18\x08 \x01(\x0b\x32\x1c.edgefleet.v1.LatencySummary\x12.\n\tresources\x18\t \x01(\x0b\x32\x1b.edgefleet.v1.ResourceUsage\"S\n\x0eTelemetryBatch\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12.\n\x07windows\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.TelemetryWindowb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LATENCYSUMMARY']._serialized_start=52
   _globals['_LATENCYSUMMARY']._serialized_end=149
-  _globals['_TELEMETRYWINDOW']._serialized_start=152
-  _globals['_TELEMETRYWINDOW']._serialized_end=354
-  _globals['_TELEMETRYBATCH']._serialized_start=356
-  _globals['_TELEMETRYBATCH']._serialized_end=439
+  _globals['_RESOURCEUSAGE']._serialized_start=151
+  _globals['_RESOURCEUSAGE']._serialized_end=230
+  _globals['_TELEMETRYWINDOW']._serialized_start=233
+  _globals['_TELEMETRYWINDOW']._serialized_end=483
+  _globals['_TELEMETRYBATCH']._serialized_start=485
+  _globals['_TELEMETRYBATCH']._serialized_end=568
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,35 @@ class LatencySummary(_message.Message):
 Global___LatencySummary: _TypeAlias = LatencySummary  # noqa: Y015
 
 @_typing.final
+class ResourceUsage(_message.Message):
+    """What the agent process used over one window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    RSS_BYTES_FIELD_NUMBER: _builtins.int
+    PEAK_RSS_BYTES_FIELD_NUMBER: _builtins.int
+    cpu_percent: _builtins.float
+    """Process CPU time over the window's wall time, in percent of one core."""
+    rss_bytes: _builtins.int
+    """Resident set size at the window's close, and the process's peak so far."""
+    peak_rss_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        cpu_percent: _builtins.float = ...,
+        rss_bytes: _builtins.int = ...,
+        peak_rss_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "peak_rss_bytes", b"peak_rss_bytes", "rss_bytes", b"rss_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceUsage: _TypeAlias = ResourceUsage  # noqa: Y015
+
+@_typing.final
 class TelemetryWindow(_message.Message):
     """One closed window of serving statistics on one device."""
 
@@ -63,6 +92,7 @@ class TelemetryWindow(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """per-device, increases by one per window"""
     window_start_ms: _builtins.int
@@ -73,6 +103,8 @@ class TelemetryWindow(_message.Message):
     errors: _builtins.int
     @_builtins.property
     def latency(self) -> Global___LatencySummary: ...
+    @_builtins.property
+    def resources(self) -> Global___ResourceUsage: ...
     def __init__(
         self,
         *,
@@ -84,10 +116,11 @@ class TelemetryWindow(_message.Message):
         requests: _builtins.int = ...,
         errors: _builtins.int = ...,
         latency: Global___LatencySummary | None = ...,
+        resources: Global___ResourceUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "latency", b"latency", "model_name", b"model_name", "model_version", b"model_version", "requests", b"requests", "seq", b"seq", "window_end_ms", b"window_end_ms", "window_start_ms", b"window_start_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "latency", b"latency", "model_name", b"model_name", "model_version", b"model_version", "requests", b"requests", "resources", b"resources", "seq", b"seq", "window_end_ms", b"window_end_ms", "window_start_ms", b"window_start_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

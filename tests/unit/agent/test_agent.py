@@ -116,7 +116,16 @@ def test_predict_in_process_answers_and_counts(tmp_path: Path) -> None:
         assert result.model == REF1
         with pytest.raises(InputError):
             agent.predict({"x": np.ones((3, 4), np.int32)})
-        assert (agent.telemetry.requests, agent.telemetry.errors) == (3, 2)
+        # The request refused before any model served went out in a window of no model at the swap,
+        # so it does not count against REF1; the open window holds REF1's two requests.
+        assert (agent.telemetry.requests, agent.telemetry.errors) == (2, 1)
+        assert (agent.telemetry.total_requests, agent.telemetry.total_errors) == (3, 2)
+        windows = [
+            w
+            for p in published(agent, agent.topics.telemetry)
+            for w in telemetry_pb2.TelemetryBatch.FromString(p).windows
+        ]
+        assert [(w.model_version, w.requests, w.errors) for w in windows] == [("", 1, 1)]
 
     run(scenario())
 

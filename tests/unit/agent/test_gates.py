@@ -166,3 +166,38 @@ def test_finish_early_judges_what_was_seen() -> None:
     assert judge.verdict is None
     verdict = judge.finish("superseded")
     assert not verdict.passed and verdict.gate == "divergence"
+
+
+def test_sampling_allowance_shrinks_with_the_answers_and_matches_chance() -> None:
+    from edge_agent.gates import sampling_allowance
+
+    assert sampling_allowance(10, 20) > 0.2 > sampling_allowance(10, 2_000)
+    assert sampling_allowance(10, 40) == pytest.approx(sampling_allowance(10, 20) / 2)
+    # Checked against chance: 20 answers drawn from the profile itself stray beyond the allowance
+    # about 1 time in 100-1000 (the chi-squared approximation is loose at a few tens of answers; the
+    # fixed limit the gate adds on top covers that).
+    rng = np.random.default_rng(7)
+    profile = np.full(10, 0.1)
+    strays = [
+        js_divergence(np.bincount(rng.choice(10, 20, p=profile), minlength=10), profile) for _ in range(2_000)
+    ]
+    assert np.mean(np.array(strays) > sampling_allowance(10, 20)) < 0.01
+
+
+def test_a_good_version_on_few_answers_is_not_rolled_back_on_chance() -> None:
+    """Twenty answers of a version that matches a ten-class profile: JS alone passes 0.2 often."""
+    rng = np.random.default_rng(3)
+    failed = 0
+    for _ in range(200):
+        judge = TrialJudge(CFG, mode=TrialMode.SERVE, profile_distribution=[0.1] * 10)
+        answers = rng.choice(10, 24)
+        verdict = feed(judge, 24, latency_ms=1.0, outputs=lambda i, a=answers: logits(int(a[i]), 10))
+        failed += verdict is not None and not verdict.passed
+    assert failed <= 2
+
+
+def test_constant_answers_still_fail_over_the_allowance() -> None:
+    judge = TrialJudge(CFG, mode=TrialMode.SERVE, profile_distribution=[0.1] * 10)
+    verdict = feed(judge, 20, latency_ms=1.0, outputs=logits(3, 10))
+    assert verdict is not None and verdict.gate == "divergence"
+    assert "stray by chance" in verdict.reason

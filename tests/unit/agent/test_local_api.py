@@ -22,9 +22,16 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_agent.agent import Agent
-from edge_agent.client import InvalidInputError, LocalClient, NoModelServingError
+from edge_agent.client import (
+    AlreadyLabelledError,
+    InvalidInputError,
+    InvalidLabelError,
+    LocalClient,
+    NoModelServingError,
+    PredictionNotFoundError,
+)
 from edge_agent.config import AgentConfig, LocalApiConfig
-from edge_agent.errors import AgentError
+from edge_agent.errors import AgentError, DuplicateLabelError, LabelError, UnknownPredictionError
 from edge_agent.server import INFERENCE_SERVICE
 from edge_agent.trust.config import TrustConfig
 from edgefleet_proto.v1 import desired_pb2
@@ -85,6 +92,47 @@ def test_predict_info_and_telemetry_through_the_unix_socket(short_tmp: Path) -> 
         assert [(s.name, s.dtype, s.shape) for s in info.outputs] == [("y", "float32", (-1, 2))]
         assert info.health == "serving"
         assert (agent.telemetry.requests, agent.telemetry.errors) == (2, 0)
+
+    run(with_server(short_tmp, body))
+
+
+def test_feedback_through_the_unix_socket_and_each_refusal_with_its_status(short_tmp: Path) -> None:
+    async def body(agent: Agent, client: LocalClient) -> None:
+        await install_v1(agent)
+        x = np.ones((1, 4), np.float32)
+        answer = await asyncio.to_thread(client.predict_with_id, {"x": x})
+        np.testing.assert_allclose(answer.outputs["y"], expected_output(1.5, x))
+        assert (answer.model_version, answer.model_sha256) == ("1", REF1.sha256) and answer.prediction_id
+        # Both scores of this model are equal: the top-1 class is 0.
+        reply = await asyncio.to_thread(client.feedback, answer.prediction_id, 0)
+        assert (reply.model_version, reply.model_sha256, reply.correct) == ("1", REF1.sha256, True)
+        assert agent.sketches.has_labels
+
+        with pytest.raises(AlreadyLabelledError, match="already has label 0") as duplicate:
+            await asyncio.to_thread(client.feedback, answer.prediction_id, 1)
+        assert duplicate.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert isinstance(duplicate.value, DuplicateLabelError)  # the same errors as in-process
+
+        with pytest.raises(PredictionNotFoundError, match="unknown prediction id 'nope'") as unknown:
+            await asyncio.to_thread(client.feedback, "nope", 0)
+        assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+        assert isinstance(unknown.value, UnknownPredictionError)
+
+        other = await asyncio.to_thread(client.predict_with_id, {"": x})
+        with pytest.raises(
+            InvalidLabelError, match=r"label 2 is not a class of linear:1: expected a class id in 0\.\.1"
+        ) as bad:
+            await asyncio.to_thread(client.feedback, other.prediction_id, 2)
+        assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT and isinstance(bad.value, LabelError)
+        with pytest.raises(InvalidLabelError, match="expected a class id"):
+            await asyncio.to_thread(client.feedback, other.prediction_id, -1)  # refused before sending
+
+        clock = agent._clock
+        assert isinstance(clock, FakeClock)
+        clock.advance(agent.config.sketch.feedback_ttl_s + 1)
+        with pytest.raises(PredictionNotFoundError, match="expired") as expired:
+            await asyncio.to_thread(client.feedback, other.prediction_id, 1)
+        assert expired.value.code == grpc.StatusCode.NOT_FOUND
 
     run(with_server(short_tmp, body))
 

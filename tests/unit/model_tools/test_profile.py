@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 from datasketches import kll_floats_sketch  # type: ignore[import-untyped]
 
-from model_tools.errors import ProfileError
+from edgefleet_proto.v1 import profile_pb2
+from model_tools.errors import ConfigError, ProfileError
 from model_tools.profile import (
     IMAGE_FEATURES,
     build_profile,
     class_distribution,
+    feature_columns,
     parse_profile,
+    profile_reduction,
+    resolve_reduction,
     summary_features,
 )
 
@@ -72,6 +76,67 @@ def test_image_profile_uses_summary_features() -> None:
     )
     assert [f.name for f in profile.features] == list(IMAGE_FEATURES)
     assert profile.class_distribution[0] == 1.0
+    # Recorded, so that a device reduces its inputs the same way.
+    assert (profile.reduction, list(profile.image_shape)) == ("image_summary", [1, 8, 8])
+
+
+def test_channel_means_is_one_feature_per_channel_and_recorded() -> None:
+    x = np.zeros((6, 2, 3, 3), np.float32)
+    x[:, 1] = np.arange(6, dtype=np.float32)[:, None, None] / 10
+    profile = build_profile(
+        model_name="m",
+        model_version="v",
+        dataset_hash="h",
+        x=x,
+        predicted=np.zeros(6, np.int64),
+        num_classes=2,
+        reduction="channel_means",
+    )
+    assert profile.reduction == "channel_means" and list(profile.image_shape) == []
+    assert [(f.name, f.min, f.max) for f in profile.features] == [
+        ("ch0", 0.0, 0.0),
+        ("ch1", 0.0, pytest.approx(0.5)),
+    ]
+
+
+def test_one_function_reduces_rows_for_every_reduction() -> None:
+    rows = np.random.default_rng(5).random((10, 12), dtype=np.float32)
+    as_columns = feature_columns(rows, reduction="columns")
+    assert as_columns.names[0] == "f00" and as_columns.values.shape == (10, 12)
+    np.testing.assert_array_equal(as_columns.values, rows)
+    summary = feature_columns(rows, image_shape=(3, 2, 2))
+    np.testing.assert_allclose(summary.values, summary_features(rows.reshape(10, 3, 2, 2)).values)
+    channels = feature_columns(rows, image_shape=(3, 2, 2), reduction="channel_means")
+    assert channels.names == ("ch0", "ch1", "ch2")
+    np.testing.assert_allclose(channels.values, rows.reshape(10, 3, 4).mean(axis=2), rtol=1e-6)
+    # Unflattened (N, C, H, W) inputs need no image shape.
+    np.testing.assert_allclose(feature_columns(rows.reshape(10, 3, 2, 2)).values, channels.values, rtol=1e-6)
+    with pytest.raises(ConfigError, match=r"image shape \(5, 5\) does not hold 12 features per row"):
+        feature_columns(rows, image_shape=(5, 5))
+    with pytest.raises(ConfigError, match=r"unknown feature reduction 'pixels': expected one of"):
+        feature_columns(rows, reduction="pixels")
+    with pytest.raises(ConfigError, match=r"expected inputs of shape \(N, C, \.\.\.\) for channel means"):
+        feature_columns(rows, reduction="channel_means")
+
+
+@pytest.mark.parametrize(
+    ("reduction", "image_shape", "rank", "expected"),
+    [
+        (None, None, 2, "columns"),
+        (None, None, 4, "channel_means"),
+        (None, (1, 8, 8), 2, "image_summary"),
+        ("channel_means", (1, 8, 8), 2, "channel_means"),
+    ],
+)
+def test_the_default_reduction_follows_the_image_shape_and_the_rank(
+    reduction: str | None, image_shape: tuple[int, ...] | None, rank: int, expected: str
+) -> None:
+    assert resolve_reduction(reduction, image_shape=image_shape, rank=rank) == expected
+
+
+def test_a_profile_without_a_recorded_reduction_reads_as_the_proto_says() -> None:
+    assert profile_reduction(profile_pb2.DataProfile()) == ("columns", None)
+    assert profile_reduction(profile_pb2.DataProfile(image_shape=[1, 8, 8])) == ("image_summary", (1, 8, 8))
 
 
 def test_bad_input_is_refused() -> None:

@@ -1,0 +1,1 @@
+"""Fleet telemetry at scale: raw sketch windows, rollups per cohort x version x bucket, retention."""

@@ -1,0 +1,1 @@
+"""Continuous training: triggers, the train -> optimize -> evaluate -> register pipeline, and its policy."""
