@@ -103,7 +103,8 @@ def run_drift_step(
         report = client.drift_report(model=model)
         ours = next(a for a in firing if a["cohort"] == SHIFTED_COHORT)
         version = ours["model_version"]
-        _print_report(out, report, version)
+        scores = _settled_scores(client, model, version, report)
+        _print_report(out, report, version, scores)
         cohorts_firing = sorted({a["cohort"] or "@fleet" for a in firing})
         quiet = sorted({r["cohort"] for r in report if r["cohort"]} - set(cohorts_firing))
         out.print(
@@ -122,7 +123,7 @@ def run_drift_step(
         "shifted_devices": shifted,
         "alert_cohorts": cohorts_firing,
         "alert_seconds": round(fired_s, 1),
-        "drift": {r["cohort"] or "@fleet": r["drift_score"] for r in report if r["version"] == version},
+        "drift": scores,
         "training": {
             "id": run["id"],
             "trigger": run["trigger"],
@@ -172,7 +173,31 @@ def _drifted(row: dict[str, Any]) -> str:
     return f"{len(names)} of {len(tested)}" + (f" ({shown})" if names else "")
 
 
-def _print_report(out: Console, report: list[dict[str, Any]], version: str) -> None:
+def _settled_scores(
+    client: HubClient, model: str, version: str, report: list[dict[str, Any]]
+) -> dict[str, float | None]:
+    """Each cohort's drift score on the fullest of its last three buckets.
+
+    The newest bucket may have begun a moment ago and hold a few windows only (its threshold is then
+    wide and its score low); the demo shows the bucket that holds the most samples.
+    """
+    scores: dict[str, float | None] = {}
+    for r in report:
+        if r["version"] != version:
+            continue
+        cohort = r["cohort"] or "@fleet"
+        series = client.drift_series(
+            "drift_score", model=model, cohort=cohort, version=version, reference="baseline", hours=0.5
+        )
+        points = [p for s in series for p in s["points"]][-3:]
+        fullest = max(points, key=lambda p: p["n"], default=None)
+        scores[cohort] = None if fullest is None else float(fullest["value"])
+    return scores
+
+
+def _print_report(
+    out: Console, report: list[dict[str, Any]], version: str, scores: dict[str, float | None]
+) -> None:
     table = Table(
         "cohort",
         "drift score",
@@ -183,7 +208,8 @@ def _print_report(out: Console, report: list[dict[str, Any]], version: str) -> N
     for r in report:
         if r["version"] != version:
             continue
-        score = "-" if r["drift_score"] is None else f"{r['drift_score']:.2f}"
+        settled = scores.get(r["cohort"] or "@fleet")
+        score = "-" if settled is None else f"{settled:.2f}"
         accuracy = "-" if r["accuracy"] is None else f"{r['accuracy']:.0%} ({r['labelled']})"
         table.add_row(r["cohort"] or "@fleet", score, _drifted(r), accuracy)
     out.print(table)
