@@ -15,6 +15,7 @@ import json
 import queue
 import signal
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -103,7 +104,7 @@ def run_drift_step(
         report = client.drift_report(model=model)
         ours = next(a for a in firing if a["cohort"] == SHIFTED_COHORT)
         version = ours["model_version"]
-        scores = _settled_scores(client, model, version, report)
+        scores = _settled_scores(client, model, version, report, since=ours["since"])
         _print_report(out, report, version, scores)
         cohorts_firing = sorted({a["cohort"] or "@fleet" for a in firing})
         quiet = sorted({r["cohort"] for r in report if r["cohort"]} - set(cohorts_firing))
@@ -174,13 +175,16 @@ def _drifted(row: dict[str, Any]) -> str:
 
 
 def _settled_scores(
-    client: HubClient, model: str, version: str, report: list[dict[str, Any]]
+    client: HubClient, model: str, version: str, report: list[dict[str, Any]], *, since: str
 ) -> dict[str, float | None]:
-    """Each cohort's drift score on the fullest of its last three buckets.
+    """Each cohort's drift score on the fullest bucket from ``since`` on (the shifted cohort's breach).
 
-    The newest bucket may have begun a moment ago and hold a few windows only (its threshold is then
-    wide and its score low); the demo shows the bucket that holds the most samples.
+    Buckets before the breach hold traffic from before the shift, so every cohort is compared on the
+    same buckets after it. The newest bucket may have begun a moment ago and hold a few windows only
+    (its threshold is then wide and its score low); of those, the demo shows the one with the most
+    samples.
     """
+    start = _instant(since)
     scores: dict[str, float | None] = {}
     for r in report:
         if r["version"] != version:
@@ -189,10 +193,16 @@ def _settled_scores(
         series = client.drift_series(
             "drift_score", model=model, cohort=cohort, version=version, reference="baseline", hours=0.5
         )
-        points = [p for s in series for p in s["points"]][-3:]
+        points = [p for s in series for p in s["points"] if _instant(p["bucket_start"]) >= start]
         fullest = max(points, key=lambda p: p["n"], default=None)
         scores[cohort] = None if fullest is None else float(fullest["value"])
     return scores
+
+
+def _instant(value: str) -> datetime:
+    """An API timestamp as an aware datetime (the API writes UTC, with or without an offset)."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _print_report(
