@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from cloud.api.errors import install_error_handlers
+from cloud.api.requestctx import RequestIdMiddleware
 from cloud.api.routes import (
     alerts,
     assignments,
@@ -52,4 +53,6 @@ def create_app(ctx: HubContext) -> FastAPI:
     api.include_router(drift.router)  # drift and labelled accuracy per cohort
     api.include_router(training.router)  # continuous training runs and labelled uploads
     app.include_router(api)
+    # Added last, so it runs first: every later middleware, route and log record sees the request id.
+    app.add_middleware(RequestIdMiddleware)
     return app
