@@ -34,6 +34,17 @@ def check_sha256(value: str) -> str:
     return value
 
 
+def without_path(text: str, path: Path, name: str) -> str:
+    """``text``, a library's message about the file at ``path``, naming it ``name`` instead.
+
+    Messages from onnxruntime, onnx or zipfile quote the file they read; a caller is told which artifact
+    (its sha256 or file name), never where the hub keeps its data.
+    """
+    for shown in {str(path), str(path.resolve()), str(path.parent), str(path.parent.resolve())}:
+        text = text.replace(shown, name)
+    return text
+
+
 class ArtifactNotFoundError(NotFoundError):
     def __init__(self, sha256: str) -> None:
         self.sha256 = sha256

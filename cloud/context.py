@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from cloud.artifacts import ArtifactStore
 from cloud.clock import Clock, utcnow
 from cloud.db import SessionFactory, session_factory
+from cloud.observability.metrics import HubMetrics
 from cloud.services.publisher import DesiredPublisher
 from cloud.services.signing import Signing
 from cloud.settings import Settings
@@ -34,6 +35,8 @@ class HubContext:
     kick_rollouts: Callable[[], None] = lambda: None
     # Messages the MQTT broker dropped ($SYS/broker/publish/messages/dropped), for /metrics; None: not known.
     broker_dropped: Callable[[], int | None] | None = None
+    # This hub's in-memory metrics (ingest, API, scheduler jobs), in a registry of its own (/metrics).
+    metrics: HubMetrics = field(default_factory=HubMetrics)
     sessions: SessionFactory = field(init=False)
 
     def __post_init__(self) -> None:

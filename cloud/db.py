@@ -101,7 +101,9 @@ def create_all(engine: Engine) -> None:
     """Create every table the hub's models declare (idempotent)."""
     # Each import registers its tables on SQLModel.metadata.
     import cloud.alerts.tables
+    import cloud.audit.tables
     import cloud.drift.tables
+    import cloud.identity.tables
     import cloud.models
     import cloud.telemetry.tables
     import cloud.training.continuous.tables  # noqa: F401

@@ -80,3 +80,15 @@ class ForbiddenError(HubError):
 
 class PublishError(HubError):
     """The broker did not accept a message (not connected, or no PUBACK in time)."""
+
+
+class RateLimitedError(HubError):
+    """A caller asked for more of something than its limit allows in a window."""
+
+    def __init__(self, what: str, limit: int, window_s: int, retry_after_s: int) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.retry_after_s = max(1, retry_after_s)
+        super().__init__(
+            f"too many {what}: expected at most {limit} per {window_s} s; try again in {self.retry_after_s} s"
+        )

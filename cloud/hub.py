@@ -25,6 +25,10 @@ from cloud.context import HubContext
 from cloud.db import SessionFactory, read_session_factory, session_factory
 from cloud.drift import gates as drift_gates
 from cloud.errors import HubError
+from cloud.identity import service as identity
+from cloud.identity.grpc_auth import ArtifactAccess
+from cloud.identity.tls import server_tls, warn_plaintext
+from cloud.observability.metrics import HubMetrics
 from cloud.observe import ObserveCycle
 from cloud.rollouts.scheduler import RolloutScheduler
 from cloud.services import assignments, registry
@@ -109,8 +113,10 @@ class Hub:
         # from this hub, so a hub that cannot start publishes nothing (cloud.startup).
         self._http_socket = bind_http_socket(s.api_host, s.api_port)
         probe_port(s.grpc_host, s.grpc_port, what="gRPC", env="EDGEFLEET_GRPC")
+        grpc_tls = server_tls(s)
+        warn_plaintext(s)
         try:
-            self._grpc, self._grpc_port = bind_grpc_server(s.grpc_host, s.grpc_port)
+            self._grpc, self._grpc_port = bind_grpc_server(s.grpc_host, s.grpc_port, tls=grpc_tls)
         except GrpcServerError as e:
             raise HubStartError(f"{e} (EDGEFLEET_GRPC_HOST, EDGEFLEET_GRPC_PORT)") from e
         try:
@@ -131,10 +137,17 @@ class Hub:
         # Read-only sessions: a download's check never waits on the write lock (cloud.db).
         reads = read_session_factory(engine)
         is_served = registry.ServedArtifacts(reads, also=signing.repo.has_target_sha256)
-        serve_artifacts(self._grpc, store, is_served, metadata=signing.repo.metadata_file)
+        # Downloads name their caller: a device certificate, a token, or loopback in the plaintext demo.
+        access = ArtifactAccess(reads, plaintext=grpc_tls is None, clock=self._clock)
+        serve_artifacts(self._grpc, store, is_served, metadata=signing.repo.metadata_file, authorize=access)
+        if (s.resolved_identity_dir() / "ca.key").exists():
+            # A fresh CRL at each start: brokers refuse every client once theirs is past its next update.
+            with sessions() as session:
+                identity.write_crl(session, identity.open_ca(s, clock=self._clock), s)
         endpoint = s.public_grpc_endpoint(self._grpc_port)
 
-        self.ingestor = Ingestor(sessions, _fleet_topics(s), clock=self._clock)
+        metrics = HubMetrics()  # this hub's own registry: hubs sharing a process count apart
+        self.ingestor = Ingestor(sessions, _fleet_topics(s), clock=self._clock, metrics=metrics.ingest)
 
         def desired_source() -> Sequence[tuple[str, bytes]]:
             with sessions() as session:
@@ -142,7 +155,15 @@ class Hub:
                     session, fleet=s.fleet, artifact_endpoint=endpoint, signing=signing
                 )
 
-        mqtt = self._mqtt = HubMqtt(s, on_batch=self._ingest_batch, desired_source=desired_source)
+        mqtt = self._mqtt = HubMqtt(
+            s, on_batch=self._ingest_batch, desired_source=desired_source, metrics=metrics.ingest
+        )
+        ingestor = self.ingestor
+        metrics.bind_parts(
+            ingest_stats=ingestor.stats.snapshot,
+            queue_depth=lambda: mqtt.queue_depth,
+            mqtt_connected=lambda: mqtt.connected,
+        )
         signing.publisher = mqtt
         self.context = HubContext(
             settings=s,
@@ -154,9 +175,12 @@ class Hub:
             clock=self._clock,
             signing=signing,
             broker_dropped=lambda: mqtt.broker_dropped,
+            metrics=metrics,
         )
         mqtt.start()
-        self._resigner = ResignScheduler(signing.repo, signing.director, sessions, signing.publish_all)
+        self._resigner = ResignScheduler(
+            signing.repo, signing.director, sessions, signing.publish_all, jobs=metrics.jobs
+        )
         self._resigner.start()
         self._start_api(self.context)
         # Last, once every part it drives is up: it publishes, and the API kicks it.

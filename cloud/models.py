@@ -75,6 +75,16 @@ def _enum_column(enum_cls: type[enum.StrEnum]) -> SAEnum:
 
 
 class Device(SQLModel, table=True):
+    # The API lists a fleet's devices by id a page at a time: (fleet, id) reads a page in order
+    # instead of sorting the whole fleet. The fleet overview counts by state and by active version,
+    # and filters by last seen: each from an index of its own, without reading the rows.
+    __table_args__ = (
+        Index("ix_device_fleet_id", "fleet", "id"),
+        Index("ix_device_fleet_state", "fleet", "state"),
+        Index("ix_device_fleet_active_model", "fleet", "active_model_name", "active_model_version"),
+        Index("ix_device_fleet_last_seen", "fleet", "last_seen"),
+    )
+
     id: str = Field(primary_key=True, max_length=128)
     fleet: str = Field(index=True, max_length=128)
     state: DeviceState = Field(default=DeviceState.UNKNOWN, index=True, sa_type=_enum_column(DeviceState))
@@ -262,6 +272,26 @@ class ApiToken(SQLModel, table=True):
     role: Role = Field(sa_type=_enum_column(Role))
     token_sha256: str = Field(unique=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # None: never expires. A revoked token stays as a row, so its name is not reused by accident
+    # and the audit log's actor names keep meaning one token.
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Updated at most once a minute (cloud.services.tokens.USE_RESOLUTION_S): not a write per request.
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class UiSession(SQLModel, table=True):
+    """A dashboard login: the ``ef_session`` cookie names it. Only digests are stored: a leaked
+    database neither logs anyone in nor gives away the CSRF token that goes with a cookie."""
+
+    __tablename__ = "ui_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_sha256: str = Field(unique=True, max_length=64)
+    csrf_sha256: str = Field(max_length=64)
+    token_id: int = Field(foreign_key="api_token.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
 # --- Signed update channel: TUF repository, director, firmware ----------------------------------
@@ -322,6 +352,15 @@ class SignedDesired(SQLModel, table=True):
     content_sha256: str = Field(default="", max_length=64)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     signed_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class CommandSeq(SQLModel, table=True):
+    """The last command ``seq`` the director signed for a device (it only grows: devices refuse replays)."""
+
+    __tablename__ = "command_seq"
+
+    device_id: str = Field(primary_key=True, max_length=128)
+    seq: int = Field(default=0, sa_type=BigInteger)
 
 
 class FirmwareImage(SQLModel, table=True):

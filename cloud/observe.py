@@ -32,6 +32,7 @@ from cloud.alerts import webhooks
 from cloud.context import HubContext
 from cloud.drift import score as drift
 from cloud.drift.baseline import BaselineSource
+from cloud.observability.metrics import JOB_FAILED
 from cloud.telemetry import retention, rollup
 from cloud.training.continuous import pipeline as ct_pipeline
 from cloud.training.continuous import triggers
@@ -178,11 +179,12 @@ class ObserveCycle:
 
     # --- scheduling -----------------------------------------------------------------------------
 
-    def _job(self) -> None:
+    def _job(self) -> bool | None:
         # A cycle already under way (a kick, the demo) covers this one: skip rather than queue behind it.
         if self._lock.locked():
-            return
-        self.run_once()
+            return None
+        # A failed step is logged and retried by the next cycle; the job's listener counts it.
+        return JOB_FAILED if self.run_once().failed else None
 
     def kick(self) -> None:
         """Run a cycle as soon as possible (coalesced with one due or under way)."""
@@ -201,6 +203,7 @@ class ObserveCycle:
             daemon=True,
         )
         scheduler.add_job(self._job, "interval", seconds=self.interval_s, id="edgefleet-observe")
+        self.ctx.metrics.jobs.attach(scheduler)  # runs, failures, durations for /metrics
         scheduler.start()
         self._scheduler = scheduler
         log.info("observe cycle every %g s", self.interval_s)

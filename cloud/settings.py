@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet_proto.topics import DEFAULT_PREFIX, TopicError, validate_id, validate_prefix
@@ -84,6 +84,41 @@ class Settings(BaseSettings):
     # accuracy (0: never).
     ct_accuracy_drop: float = Field(default=0.0, ge=0, le=1)
 
+    # Device identity and TLS (cloud.identity; docs/security.md, docs/runbooks/certificates.md).
+    # The fleet CA's folder (ca.key mode 0600, ca.crt); unset: {data_dir}/identity.
+    identity_dir: Path | None = None
+    # The CRL (PEM) that the broker's `crlfile` names; rewritten at each revocation and at hub start.
+    # Unset: {identity_dir}/crl.pem.
+    crl_file: Path | None = None
+    # A broker refuses every client once the CRL it holds is past its next update: keep it long, and
+    # rewrite it (`fleet identity crl`, a hub restart) well before.
+    crl_days: int = Field(default=365, ge=1, le=3650)
+    device_cert_days: int = Field(default=365, ge=1, le=3650)
+    # The broker as provisioned agents reach it (host:port); unset: {mqtt_host}:8883.
+    device_mqtt_endpoint: str | None = None
+    # The hub's MQTT client over TLS: on when a CA file is set (or mqtt_tls); CERT and KEY are its
+    # client certificate (CN edgefleet-hub, `fleet identity hub-cert`), which the shipped broker requires.
+    mqtt_tls: bool = False
+    mqtt_tls_ca: Path | None = None
+    mqtt_tls_cert: Path | None = None
+    mqtt_tls_key: Path | None = None
+    # The gRPC artifact service over TLS (CERT and KEY: `fleet identity server-cert`); with CLIENT_CA
+    # every client must present a certificate that CA issued (mTLS). Plaintext: see cloud.identity.grpc_auth.
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    grpc_tls_client_ca: Path | None = None
+
+    # Dashboard sessions (ef_session cookie): how long one lasts; it never outlives its token.
+    session_ttl_s: int = Field(default=8 * 3600, ge=60, le=30 * 86_400)
+
+    # Logs (cloud.observability.logging): "text" lines for people, "json" (one object a line, with
+    # request ids, plus an access line per API request) for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
+
+    # Key rotations proposed through the API (POST /api/v1/keys/rotations) in any hour, counted in the
+    # database so that the limit holds across hub replicas and restarts; past it: 429 with Retry-After.
+    key_rotations_per_hour: int = Field(default=6, ge=1, le=1000)
+
     @field_validator("fleet")
     @classmethod
     def _fleet_is_an_id(cls, value: str) -> str:
@@ -140,6 +175,39 @@ class Settings(BaseSettings):
     def resolved_artifact_dir(self) -> Path:
         """The configured artifact folder, or ``{data_dir}/artifacts``."""
         return self.artifact_dir if self.artifact_dir is not None else self.data_dir / "artifacts"
+
+    def resolved_identity_dir(self) -> Path:
+        return self.identity_dir if self.identity_dir is not None else self.data_dir / "identity"
+
+    def resolved_crl_file(self) -> Path:
+        return self.crl_file if self.crl_file is not None else self.resolved_identity_dir() / "crl.pem"
+
+    def mqtt_uses_tls(self) -> bool:
+        return self.mqtt_tls or self.mqtt_tls_ca is not None or self.mqtt_tls_cert is not None
+
+    def resolved_device_mqtt_endpoint(self) -> str:
+        if self.device_mqtt_endpoint is not None:
+            return self.device_mqtt_endpoint
+        host = f"[{self.mqtt_host}]" if ":" in self.mqtt_host else self.mqtt_host
+        return f"{host}:8883"
+
+    @model_validator(mode="after")
+    def _tls_files_in_pairs(self) -> Settings:
+        for what, cert, key in (
+            ("MQTT", self.mqtt_tls_cert, self.mqtt_tls_key),
+            ("GRPC", self.grpc_tls_cert, self.grpc_tls_key),
+        ):
+            if (cert is None) != (key is None):
+                raise ValueError(
+                    f"EDGEFLEET_{what}_TLS_CERT and EDGEFLEET_{what}_TLS_KEY go together: expected both or "
+                    f"neither, got only {'CERT' if key is None else 'KEY'}"
+                )
+        if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
+            raise ValueError(
+                "EDGEFLEET_GRPC_TLS_CLIENT_CA needs TLS on the gRPC service: expected "
+                "EDGEFLEET_GRPC_TLS_CERT and EDGEFLEET_GRPC_TLS_KEY too"
+            )
+        return self
 
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin.token"

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from google.protobuf.message import DecodeError
 
 from edge_agent import __version__
 from edge_agent.backoff import Backoff
@@ -53,6 +52,8 @@ from edge_agent.sysinfo import capabilities
 from edge_agent.tasks import cancel_and_wait
 from edge_agent.telemetry import TelemetryRecorder
 from edge_agent.trust.attach import Trust, attach_trust
+from edge_agent.trust.commands import check_bare_command
+from edge_agent.trust.errors import CommandRejectedError
 from edge_agent.updater import Updater
 from edge_agent.verify import ArtifactVerifier, DesiredDecoder
 from edge_agent.window_sketch import ProfileSpecs
@@ -134,6 +135,8 @@ class Agent:
             max_bytes=config.limits.max_artifact_bytes,
             tls=config.hub.grpc_tls,
             ca_file=config.hub.ca_file,
+            cert_file=config.hub.cert_file,
+            key_file=config.hub.key_file,
         )
         # The signed-update channel (edge_agent.trust): a desired state counts only when the director
         # signed it, an artifact only when the TUF repository lists it. A caller that hands in its own
@@ -199,6 +202,8 @@ class Agent:
         )
         # Counts of what the updater reported, for the metrics endpoint.
         self.event_counts: dict[str, int] = {}
+        # Refused commands by check (unsigned, bad_signature, replayed, ...), for the metrics endpoint.
+        self.command_refusals: dict[str, int] = {}
         # Set once the local API listens and the first broker connection is up.
         self.ready = asyncio.Event()
 
@@ -332,16 +337,19 @@ class Agent:
         self.updater.submit(payload)
 
     def on_command(self, payload: bytes) -> None:
+        """Act on a command from the cmd topic, once the director's signature and its content check out.
+
+        A refused command is logged, counted (``command_refusals``, exported as a metric) and
+        reported as an error event naming the check; it never raises into the link.
+        """
         try:
-            cmd = command_pb2.Command.FromString(payload)
-        except DecodeError as e:
-            self._report(K.EVENT_KIND_ERROR, f"malformed command: expected a Command protobuf ({e})")
-            return
-        if cmd.device_id != self.device_id:
-            self._log.warning("ignoring a command for device %r", cmd.device_id)
-            return
-        if cmd.expires_at_ms and cmd.expires_at_ms < self._clock.wall_ms():
-            self._log.info("ignoring command seq=%d: expired at %d", cmd.seq, cmd.expires_at_ms)
+            cmd = self._accept_command(payload)
+        except CommandRejectedError as e:
+            self.command_refusals[e.code] = self.command_refusals.get(e.code, 0) + 1
+            self._log.warning("refused a command (%s): %s", e.code, e)
+            self._report(
+                K.EVENT_KIND_ERROR, f"refused a command: {e}", details={"check": e.code, "channel": "cmd"}
+            )
             return
         body = cmd.WhichOneof("body")
         if body == "resync":
@@ -351,6 +359,20 @@ class Agent:
             self.link.request_status()
         else:
             self._log.warning("ignoring command seq=%d with unknown body %r", cmd.seq, body)
+
+    def _accept_command(self, payload: bytes) -> command_pb2.Command:
+        now_ms = self._clock.wall_ms()
+        commands = self.trust.commands if self.trust is not None else None
+        if commands is not None:
+            return commands.accept(payload)
+        if not self.config.trust.require_signed:
+            # Signed updates switched off (the local demo): the bare form, as desired states are then.
+            return check_bare_command(
+                payload, device_id=self.device_id, fleet=self.config.fleet, now_ms=now_ms
+            )
+        raise CommandRejectedError(
+            "this agent has no director keys to check a command's signature: unsigned commands are refused"
+        )
 
     # -- run -------------------------------------------------------------------------------------
 

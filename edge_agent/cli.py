@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from edge_agent import __version__
 from edge_agent.errors import AgentError, ConfigError
-from edge_agent.logs import configure_logging
+from edge_agent.logs import configure_logging, use_log_format
 
 if TYPE_CHECKING:
     from edge_agent.sim_labels import LabelMix
@@ -58,6 +58,7 @@ async def _run_agent(config_path: Path) -> None:
     from edge_agent.config import load_config
 
     config = load_config(config_path)
+    use_log_format(config.log_format)
     stop = asyncio.Event()
     _install_stop_signals(stop)
     agent = Agent(config)

@@ -58,6 +58,9 @@ class MqttConfig:
     password_file: Path | None = None
     tls: bool = False
     ca_file: Path | None = None
+    # The device's client certificate and key (`fleet devices provision`): how the shipped broker knows it.
+    cert_file: Path | None = None
+    key_file: Path | None = None
     keepalive_s: int = 30
     topic_prefix: str = DEFAULT_PREFIX
     # Empty: "{fleet}.{device_id}", unique on a broker that several fleets share.
@@ -65,6 +68,7 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         _check_port("mqtt.port", self.port)
+        _check_client_cert("mqtt", self.tls, self.cert_file, self.key_file)
         if self.protocol not in _PROTOCOLS:
             raise ConfigError(f"mqtt.protocol: expected one of {list(_PROTOCOLS)}, got {self.protocol!r}")
         if self.keepalive_s < 5:
@@ -89,10 +93,14 @@ class HubConfig:
     grpc_endpoint: str = "127.0.0.1:50051"
     grpc_tls: bool = False
     ca_file: Path | None = None
+    # Presented to the gRPC artifact service (mTLS): the same pair as [mqtt] as provisioned.
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.grpc_endpoint:
             raise ConfigError("hub.grpc_endpoint: expected 'host:port', got an empty string")
+        _check_client_cert("hub", self.grpc_tls, self.cert_file, self.key_file, tls_key="grpc_tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,8 +340,12 @@ class AgentConfig:
     # The signed-update channel and firmware slots (edge_agent.trust.config).
     trust: TrustConfig = field(default_factory=TrustConfig)
     firmware: FirmwareConfig = field(default_factory=FirmwareConfig)
+    # "text" lines for people, "json" (one object a line) for a log collector (edge_agent.logs).
+    log_format: Literal["text", "json"] = "text"
 
     def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format: expected 'text' or 'json', got {self.log_format!r}")
         for kind, value in (("device", self.device_id), ("fleet", self.fleet)):
             try:
                 validate_id(kind, value)
@@ -398,6 +410,18 @@ def _trial_mode(value: str) -> TrialMode:
 def _check_port(key: str, port: int) -> None:
     if not 1 <= port <= 65535:
         raise ConfigError(f"{key}: expected a port in 1..65535, got {port}")
+
+
+def _check_client_cert(
+    table: str, tls: bool, cert: Path | None, key: Path | None, *, tls_key: str = "tls"
+) -> None:
+    if (cert is None) != (key is None):
+        given, missing = ("cert_file", "key_file") if key is None else ("key_file", "cert_file")
+        raise ConfigError(f"{table}.{given} is set without {table}.{missing}: expected both or neither")
+    if cert is not None and not tls:
+        raise ConfigError(
+            f"{table}.cert_file needs {table}.{tls_key} = true: a certificate is presented over TLS only"
+        )
 
 
 # -- TOML reading --------------------------------------------------------------------------------
@@ -505,6 +529,7 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
     fleet = top.required_str("fleet")
     state_dir = top.resolve(top.required_str("state_dir"))
     labels = top.table("labels").all_str()
+    log_format = top.str_("log_format", "text")
 
     m = top.table("mqtt")
     protocol = m.str_("protocol", "5")
@@ -518,6 +543,8 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
         password_file=m.path("password_file"),
         tls=m.bool_("tls", False),
         ca_file=m.path("ca_file"),
+        cert_file=m.path("cert_file"),
+        key_file=m.path("key_file"),
         keepalive_s=m.int_("keepalive_s", 30),
         topic_prefix=m.str_("topic_prefix", DEFAULT_PREFIX),
         client_id=m.str_("client_id", ""),
@@ -527,6 +554,8 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
         grpc_endpoint=h.str_("grpc_endpoint", "127.0.0.1:50051"),
         grpc_tls=h.bool_("grpc_tls", False),
         ca_file=h.path("ca_file"),
+        cert_file=h.path("cert_file"),
+        key_file=h.path("key_file"),
     )
     la = top.table("local_api")
     socket_raw = la.str_("socket", DEFAULT_SOCKET)
@@ -640,4 +669,5 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
         metrics=metrics,
         trust=trust,
         firmware=firmware,
+        log_format=log_format,  # type: ignore[arg-type]  # checked in AgentConfig.__post_init__
     )

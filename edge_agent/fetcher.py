@@ -57,14 +57,22 @@ class ChannelPool:
     """One grpc.aio channel per (endpoint, TLS settings), shared by every agent in the process."""
 
     def __init__(self) -> None:
-        self._channels: dict[tuple[str, bool, str], grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, bool, str, str, str], grpc.aio.Channel] = {}
 
-    def get(self, endpoint: str, *, tls: bool = False, ca_file: Path | None = None) -> grpc.aio.Channel:
-        key = (endpoint, tls, str(ca_file or ""))
+    def get(
+        self,
+        endpoint: str,
+        *,
+        tls: bool = False,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ) -> grpc.aio.Channel:
+        key = (endpoint, tls, str(ca_file or ""), str(cert_file or ""), str(key_file or ""))
         channel = self._channels.get(key)
         if channel is None:
             if tls:
-                channel = grpc.aio.secure_channel(endpoint, _credentials(ca_file))
+                channel = grpc.aio.secure_channel(endpoint, _credentials(ca_file, cert_file, key_file))
             else:
                 channel = grpc.aio.insecure_channel(endpoint)
             self._channels[key] = channel
@@ -76,12 +84,23 @@ class ChannelPool:
             await channel.close(None)
 
 
-def _credentials(ca_file: Path | None) -> grpc.ChannelCredentials:
-    try:
-        root = ca_file.read_bytes() if ca_file is not None else None
-    except OSError as e:
-        raise DownloadError(f"cannot read the hub CA file {ca_file}: {e.strerror}") from e
-    return grpc.ssl_channel_credentials(root_certificates=root)
+def _credentials(
+    ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
+) -> grpc.ChannelCredentials:
+    """The hub verified against ``ca_file`` (else the system's store); the device's certificate, when
+    given, presented for mTLS (the hub then knows the device by it)."""
+    files = {"hub CA": ca_file, "client certificate": cert_file, "client key": key_file}
+    read: dict[str, bytes | None] = {}
+    for what, path in files.items():
+        try:
+            read[what] = path.read_bytes() if path is not None else None
+        except OSError as e:
+            raise DownloadError(f"cannot read the {what} file {path}: {e.strerror}") from e
+    return grpc.ssl_channel_credentials(
+        root_certificates=read["hub CA"],
+        private_key=read["client key"],
+        certificate_chain=read["client certificate"],
+    )
 
 
 class SyncChannels:
@@ -93,16 +112,24 @@ class SyncChannels:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._channels: dict[tuple[str, bool, str], grpc.Channel] = {}
+        self._channels: dict[tuple[str, bool, str, str, str], grpc.Channel] = {}
 
-    def get(self, endpoint: str, *, tls: bool = False, ca_file: Path | None = None) -> grpc.Channel:
-        """The channel for ``endpoint``; a :class:`DownloadError` when the CA file cannot be read."""
-        key = (endpoint, tls, str(ca_file or ""))
+    def get(
+        self,
+        endpoint: str,
+        *,
+        tls: bool = False,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ) -> grpc.Channel:
+        """The channel for ``endpoint``; a :class:`DownloadError` when a TLS file cannot be read."""
+        key = (endpoint, tls, str(ca_file or ""), str(cert_file or ""), str(key_file or ""))
         with self._lock:
             channel = self._channels.get(key)
             if channel is None:
                 if tls:
-                    channel = grpc.secure_channel(endpoint, _credentials(ca_file))
+                    channel = grpc.secure_channel(endpoint, _credentials(ca_file, cert_file, key_file))
                 else:
                     channel = grpc.insecure_channel(endpoint)
                 self._channels[key] = channel
@@ -212,10 +239,14 @@ class GrpcFetcher:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         tls: bool = False,
         ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> None:
         self._channels = channels
         self._endpoint = endpoint
         self._device_id = device_id
+        self._cert_file = cert_file
+        self._key_file = key_file
         self._chunk_timeout = chunk_timeout_s
         self._max_bytes = max_bytes
         self._chunk_size = chunk_size
@@ -231,7 +262,9 @@ class GrpcFetcher:
             async for held in write_chunks_from(_no_chunks(), ref, dest_partial, offset, self._max_bytes):
                 yield held
             return
-        channel = self._channels.get(target, tls=self._tls, ca_file=self._ca_file)
+        channel = self._channels.get(
+            target, tls=self._tls, ca_file=self._ca_file, cert_file=self._cert_file, key_file=self._key_file
+        )
         stub = artifact_pb2_grpc.ArtifactServiceStub(channel)
         request = artifact_pb2.FetchRequest(
             sha256=ref.sha256, offset=offset, chunk_size=self._chunk_size, device_id=self._device_id

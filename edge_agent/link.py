@@ -116,7 +116,13 @@ class MqttLink:
         )
         tls = None
         if cfg.tls:
-            tls = aiomqtt.TLSParameters(ca_certs=str(cfg.ca_file) if cfg.ca_file else None)
+            # The broker is verified against ca_file (else the system's store); the device's certificate,
+            # when set, is its identity there (the shipped broker takes its CN as the username).
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+            )
         return aiomqtt.Client(
             cfg.host,
             cfg.port,

@@ -96,6 +96,14 @@ class _AgentCollector:
         for kind, count in sorted(agent.event_counts.items()):
             events.add_metric([*ids, kind], count)
         yield events
+        refused = CounterMetricFamily(
+            "edgefleet_agent_commands_refused",
+            "Commands on the cmd topic refused, by the check that failed",
+            labels=[*labels, "check"],
+        )
+        for check, count in sorted(agent.command_refusals.items()):
+            refused.add_metric([*ids, check], count)
+        yield refused
 
 
 def render(agent: Agent) -> bytes:

@@ -12,12 +12,15 @@ from typing import Annotated, Any
 import typer
 
 from cloud.cli import alerts as cli_alerts
+from cloud.cli import audit as cli_audit
 from cloud.cli import cohorts as cli_cohorts
 from cloud.cli import devices as cli_devices
 from cloud.cli import firmware as cli_firmware
+from cloud.cli import identity as cli_identity
 from cloud.cli import keys as cli_keys
 from cloud.cli import rollbacks as cli_rollbacks
 from cloud.cli import rollouts as cli_rollouts
+from cloud.cli import tokens as cli_tokens
 from cloud.cli import train as cli_train
 from cloud.cli import training as cli_training
 from cloud.cli.common import (
@@ -57,7 +60,9 @@ models_app = typer.Typer(
     epilog=example("fleet models ls", "fleet models show digits-mlp 1.0.0"),
 )
 app.add_typer(models_app, name="models")
-app.add_typer(cli_devices.devices_app, name="devices")  # fleet devices ls|show|label
+app.add_typer(cli_devices.devices_app, name="devices")  # fleet devices ls|show|label|provision|revoke
+cli_identity.register(cli_devices.devices_app)
+app.add_typer(cli_identity.identity_app, name="identity")  # fleet identity ca|hub-cert|server-cert|crl
 app.add_typer(cli_cohorts.cohorts_app, name="cohorts")  # fleet cohorts create|ls|show|rm
 app.add_typer(cli_alerts.alerts_app, name="alerts")  # fleet alerts ls|show|rules|receivers|prometheus
 app.add_typer(drift_app, name="drift")  # fleet drift ls|show|series
@@ -68,6 +73,8 @@ app.add_typer(cli_training.training_app, name="training")  # fleet training runs
 app.add_typer(cli_training.data_app, name="data")  # fleet data add|ls: labelled samples for retraining
 app.add_typer(cli_keys.keys_app, name="keys")  # fleet keys init|rotate|sign|status|root
 app.add_typer(cli_firmware.firmware_app, name="firmware")  # fleet firmware build|delta|push|ls|assign
+app.add_typer(cli_tokens.tokens_app, name="tokens")  # fleet tokens create|ls|revoke
+app.add_typer(cli_audit.audit_app, name="audit")  # fleet audit ls
 
 
 def _client(hub_url: str, token: str | None) -> HubClient:
@@ -110,13 +117,15 @@ def hub(
     """Run the hub: HTTP API, MQTT transport and gRPC artifact server, until interrupted."""
     from cloud.cli.common import ExitCode
     from cloud.hub import Hub, HubStartError
+    from cloud.observability.logging import configure_logging
     from cloud.settings import Settings
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {"api_host": host, "api_port": port, "grpc_port": grpc_port}
     try:
         # Options given on the command line win over EDGEFLEET_* variables.
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        # Text or JSON lines (EDGEFLEET_LOG_FORMAT), set up before the hub logs anything.
+        configure_logging(log_level, settings.log_format)
     except ValueError as e:
         raise usage_error(f"invalid settings: {e}") from e
     try:

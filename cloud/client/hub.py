@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -46,7 +46,7 @@ class HubClient:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
-    def __enter__(self) -> HubClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -88,8 +88,15 @@ class HubClient:
         return result
 
     def list_models(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every version (of model ``name``), following the pages to the end."""
         params = {"name": name} if name else {}
-        return list(self._request("GET", "/api/v1/models", params=params)["data"])
+
+        def page(cursor: str | None) -> dict[str, Any]:
+            query = {**params, **({"cursor": cursor} if cursor else {})}
+            result: dict[str, Any] = self._request("GET", "/api/v1/models", params=query)
+            return result
+
+        return self._all_pages(page)
 
     def list_devices(self, *, state: str | None = None, label: str | None = None) -> list[dict[str, Any]]:
         """Every device matching the filters (``label`` is a selector), following the pages to the end."""
@@ -318,6 +325,8 @@ def _detail(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:500] or response.reason_phrase
     detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+        detail = body["errors"]  # a validation problem: one sentence per field beats its summary
     if isinstance(detail, list) and detail and all(isinstance(d, dict) and "msg" in d for d in detail):
         return "; ".join(validation_sentence(d) for d in detail)[:1000]
     return str(detail)[:1000]

@@ -64,8 +64,15 @@ class SigningClient(HubClient):
         return result
 
     def list_firmware(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every firmware image (of firmware ``name``), following the pages to the end."""
         params = {"name": name} if name else {}
-        return list(self._request("GET", "/api/v1/firmware", params=params)["data"])
+
+        def page(cursor: str | None) -> dict[str, Any]:
+            query = {**params, **({"cursor": cursor} if cursor else {})}
+            result: dict[str, Any] = self._request("GET", "/api/v1/firmware", params=query)
+            return result
+
+        return self._all_pages(page)
 
     def assign_firmware(
         self,

@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cloud.client.hub import HubClient
+from cloud.dashboard import UI_PATH
 
 __all__ = [
     "BAD_CANARY_BAKE_S",
@@ -172,6 +173,7 @@ def run_good_rollout(
         f"`fleet rollouts watch {created['id'][:8]}` follows it)",
         soft_wrap=True,
     )
+    out.print(f"           live on the dashboard: {client.base_url}{UI_PATH}/#/rollouts/{created['id']}")
     view = wait_rollout(
         client,
         created["id"],

@@ -221,6 +221,17 @@ def run_demo(
         hub.start()
         stack.callback(hub.stop)
         out.print(f"[bold]hub[/]      API {hub.api_url}, artifacts gRPC {hub.grpc_endpoint}, fleet {fleet}")
+        # Printed before the slow steps, so the rollouts can be watched live as they happen.
+        from cloud.demo.dashboard import dashboard_login
+
+        try:
+            dashboard = dashboard_login(hub.api_url, hub.admin_token)
+        except RuntimeError as e:
+            raise DemoError(f"the dashboard's login token: {e}") from e
+        out.print(
+            f"[bold]dashboard[/] {dashboard.url}  log in with this {dashboard.role} token "
+            f"(for a day): {dashboard.token}"
+        )
 
         client = stack.enter_context(HubClient(hub.api_url, hub.admin_token))
         # Devices are provisioned with the fleet's root: every update they take verifies against it.
@@ -381,6 +392,7 @@ def run_demo(
         summary = {
             "fleet": fleet,
             "broker": broker.description,
+            "dashboard": dashboard.url,
             "model": f"{trained.name}:{trained.version}",
             "devices": devices,
             "in_sync": sum(1 for d in converged if d.get("in_sync")),

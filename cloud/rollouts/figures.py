@@ -7,7 +7,11 @@ or a telemetry window from before the offer says nothing about the target.
 - outcomes come from ``DeviceEvent`` rows; a device counts once, by its most telling outcome:
   rolled back, else committed, else failed (a failed download that later committed is updated);
 - requests, errors and p95 come from ``TelemetryWindow`` rows on the target version; the baseline
-  p95 from the same devices' windows on any other version of the model over the last hour;
+  p95 from the same devices' windows on any other version of the model over the last hour.
+  The gates' error rate and p95 are robust to one lying device (see :mod:`cloud.rollouts.robust`):
+  each device's figure is computed first, then the devices' figures are combined with a trimmed
+  mean in which no device weighs more than the median device. ``requests`` and ``errors`` stay
+  plain totals, for display;
 - offline is ``Device.state`` now;
 - ``extra``: the figures of the drift and accuracy gates (``cloud.drift.gates``), from the stage's
   devices' sketch windows, computed only when the plan turns those gates on.
@@ -30,6 +34,7 @@ from sqlmodel import Session, col, select
 from cloud.drift.gates import stage_extra  # also registers the drift_score and accuracy_drop gates
 from cloud.models import Device, DeviceEvent, DeviceState, Rollout, RolloutDevice, TelemetryWindow
 from cloud.rollouts.gates import StageFigures, Verdict
+from cloud.rollouts.robust import DeviceFigures, robust_error_rate, robust_p95
 
 __all__ = [
     "BASELINE_LOOKBACK",
@@ -121,6 +126,7 @@ def _window_on_target(rollout: Rollout, offered: Subquery) -> ColumnElement[bool
 def _weighted_p95(requests: Any) -> Any:
     # A p95 over many windows cannot be rebuilt from their p95s; weighting each by its requests
     # keeps a busy window from being outvoted by idle ones, which is what a latency gate needs.
+    # Within one device only: across devices, cloud.rollouts.robust combines them.
     return func.sum(col(TelemetryWindow.p95_ms) * col(TelemetryWindow.requests)) / func.nullif(requests, 0)
 
 
@@ -152,14 +158,9 @@ def stage_figures(session: Session, rollout: Rollout, stage: int | None, *, now:
         .where(Device.state == DeviceState.OFFLINE)
     ).one()
 
-    requests_sum = func.coalesce(func.sum(TelemetryWindow.requests), 0)
-    requests, errors, p95 = session.exec(
-        select(requests_sum, func.coalesce(func.sum(TelemetryWindow.errors), 0), _weighted_p95(requests_sum))
-        .select_from(offered)
-        .join(TelemetryWindow, _window_on_target(rollout, offered))
-    ).one()
-
-    baseline_p95 = session.exec(_baseline_query(rollout, offered, first_offer - BASELINE_LOOKBACK, now)).one()
+    target = _per_device(session, offered, _window_on_target(rollout, offered))
+    since = first_offer - BASELINE_LOOKBACK
+    baseline = _per_device(session, offered, _baseline_clause(rollout, offered, since, now))
 
     on_target = exists().where(_window_on_target(rollout, offered))
     with_event = exists().where(_event_matches(rollout, offered))
@@ -173,32 +174,48 @@ def stage_figures(session: Session, rollout: Rollout, stage: int | None, *, now:
         rolled_back=int(rolled_back),
         offline=int(offline),
         reporting=int(reporting),
-        requests=int(requests),
-        errors=int(errors),
-        p95_ms=float(p95) if p95 is not None else None,
-        baseline_p95_ms=float(baseline_p95) if baseline_p95 is not None else None,
+        requests=sum(d.requests for d in target),
+        errors=sum(d.errors for d in target),
+        error_rate=robust_error_rate(target),
+        p95_ms=robust_p95(target),
+        baseline_p95_ms=robust_p95(baseline),
+        rate_devices=sum(1 for d in target if d.requests > 0),
         extra=stage_extra(session, rollout, stage, offered, first_offer=first_offer, now=now),
     )
 
 
-def _baseline_query(rollout: Rollout, offered: Subquery, since: datetime, now: datetime) -> Any:
-    requests_sum = func.coalesce(func.sum(TelemetryWindow.requests), 0)
+def _baseline_clause(rollout: Rollout, offered: Subquery, since: datetime, now: datetime) -> Any:
     on_device = col(TelemetryWindow.device_id) == offered.c.device_id
     if rollout.target_kind == "model":
-        clause = and_(
+        return and_(
             on_device,
             col(TelemetryWindow.model_name) == rollout.target_name,
             col(TelemetryWindow.model_version) != rollout.target_version,
             col(TelemetryWindow.window_end) >= since,
             col(TelemetryWindow.window_end) <= now,
         )
-    else:
-        clause = and_(
-            on_device,
-            col(TelemetryWindow.window_end) >= since,
-            col(TelemetryWindow.window_end) < offered.c.offered_at,
+    return and_(
+        on_device,
+        col(TelemetryWindow.window_end) >= since,
+        col(TelemetryWindow.window_end) < offered.c.offered_at,
+    )
+
+
+def _per_device(session: Session, offered: Subquery, clause: ColumnElement[bool]) -> list[DeviceFigures]:
+    """Requests, errors and request-weighted p95 of each offered device's windows that match ``clause``."""
+    requests_sum = func.coalesce(func.sum(TelemetryWindow.requests), 0)
+    rows = session.exec(
+        select(
+            offered.c.device_id,
+            requests_sum,
+            func.coalesce(func.sum(TelemetryWindow.errors), 0),
+            _weighted_p95(requests_sum),
         )
-    return select(_weighted_p95(requests_sum)).select_from(offered).join(TelemetryWindow, clause)
+        .select_from(offered)
+        .join(TelemetryWindow, clause)
+        .group_by(offered.c.device_id)
+    ).all()
+    return [DeviceFigures(str(d), int(r), int(e), float(p) if p is not None else None) for d, r, e, p in rows]
 
 
 def device_outcomes(

@@ -46,9 +46,13 @@ class StageFigures:
     rolled_back: int = 0  # tried the target and went back to their previous version
     offline: int = 0  # offered, and offline now
     reporting: int = 0  # with an outcome for the target (committed, rolled back, failed) or telemetry on it
-    requests: int = 0  # inference requests served by the target
+    requests: int = 0  # inference requests served by the target (all devices' reports added up)
     errors: int = 0  # of those, failed ones
-    p95_ms: float | None = None  # p95 latency on the target
+    # Errors per request, combined from each device's own rate so that no device sways it alone
+    # (cloud.rollouts.robust); None: errors / requests (figures not read from the database).
+    error_rate: float | None = None
+    rate_devices: int = 0  # devices whose requests error_rate was combined from
+    p95_ms: float | None = None  # p95 latency on the target (per device, then combined robustly)
     baseline_p95_ms: float | None = None  # p95 latency of the previous version on the same devices
     # Figures of registered gates, by gate key (e.g. a drift score).
     extra: Mapping[str, float] = field(default_factory=dict)
@@ -128,8 +132,15 @@ class _ErrorRateGate:
             return _result(
                 self.key, "error rate", None, threshold, unit="", why="no request served by the target yet"
             )
-        value = figures.errors / figures.requests
-        why = f"{figures.errors} errors in {figures.requests} requests"
+        if figures.error_rate is None:
+            value = figures.errors / figures.requests
+            why = f"{figures.errors} errors in {figures.requests} requests"
+        else:
+            value = figures.error_rate
+            why = (
+                f"trimmed mean of {figures.rate_devices} devices' rates; "
+                f"{figures.errors} errors in {figures.requests} requests in all"
+            )
         return _result(self.key, "error rate", value, threshold, unit="", why=why)
 
 

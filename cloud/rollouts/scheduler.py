@@ -23,6 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from google.protobuf.message import DecodeError
 
 from cloud.context import HubContext
+from cloud.observability.metrics import JOB_FAILED
 from cloud.rollouts import engine
 from cloud.services.ingest import InboundMessage
 from edgefleet_proto.v1 import event_pb2
@@ -51,7 +52,7 @@ _running: dict[str, RolloutScheduler] = {}
 _running_lock = threading.Lock()
 
 
-def run_tick(key: str) -> None:
+def run_tick(key: str) -> bool | None:
     """What the stored job calls: a tick by this process's scheduler of ``key``.
 
     The key is the one of the replica that stored the job last; another replica (which may spell
@@ -63,8 +64,11 @@ def run_tick(key: str) -> None:
         if scheduler is None:
             same_fleet = [s for k, s in _running.items() if k.rpartition("#")[2] == fleet]
             scheduler = same_fleet[0] if len(same_fleet) == 1 else None
-    if scheduler is not None:
-        scheduler.tick_now()
+    if scheduler is None:
+        return None
+    scheduler.tick_now()
+    # A failed tick is logged and retried at the next interval; the job's listener counts it.
+    return JOB_FAILED if scheduler.last_tick_failed else None
 
 
 def is_gate_event(message: InboundMessage) -> bool:
@@ -95,19 +99,23 @@ class RolloutScheduler:
         # Set by a kick; a tick under way when it comes runs once more, so no kick is lost.
         self._kicked = threading.Event()
         self.ticks = 0
+        self.last_tick_failed = False
 
     def tick_now(self) -> list[str]:
         """Run ticks until no kick came during one; never raises (the next interval retries)."""
         advanced: list[str] = []
         with self._tick_lock:
+            failed = False
             while True:
                 self._kicked.clear()
                 try:
                     advanced += engine.tick(self.ctx, owner=self.owner)
                 except Exception:
+                    failed = True
                     log.exception("rollout tick failed; retrying at the next interval")
                 self.ticks += 1
                 if not self._kicked.is_set():
+                    self.last_tick_failed = failed
                     return advanced
 
     def kick(self) -> None:
@@ -153,6 +161,7 @@ class RolloutScheduler:
             replace_existing=True,
             next_run_time=datetime.now(UTC),
         )
+        self.ctx.metrics.jobs.attach(scheduler)  # runs, failures, durations for /metrics
         try:
             scheduler.start()
         except BaseException:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from cloud.api.schemas.fleet import ArtifactRefPublic, BundlePublic, RejectedVariantPublic, VariantPublic
-from cloud.artifacts import ArtifactInfo, ArtifactStore
+from cloud.artifacts import ArtifactInfo, ArtifactStore, without_path
 from cloud.clock import Clock, utcnow
 from cloud.errors import ConflictError, InvalidArtifactError, InvalidInputError
 from cloud.models import Bundle, Experiment, ModelVariant, ModelVersion
@@ -215,7 +215,8 @@ def _check_tflite(variant: VariantEntry, path: Path) -> None:
             "LiteRT is not installed on the hub: variant %s checked by file identifier only", variant.name
         )
     except InvalidModelError as e:
-        raise InvalidArtifactError(f"variant {variant.name}: {e}") from e
+        said = without_path(str(e), path, f"artifact {path.name}")
+        raise InvalidArtifactError(f"variant {variant.name}: {said}") from e
 
 
 def _check_profile(store: ArtifactStore, manifest: BundleManifest) -> None:

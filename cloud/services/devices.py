@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import ColumnElement, String, case, func, literal, or_, union_all
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -21,6 +24,7 @@ from cloud.api.schemas.fleet import (
 from cloud.clock import from_ms
 from cloud.errors import InvalidInputError, NotFoundError
 from cloud.models import (
+    Cohort,
     DesiredState,
     Device,
     DeviceEvent,
@@ -29,6 +33,7 @@ from cloud.models import (
     ModelVersion,
     TelemetryWindow,
 )
+from cloud.services.cohorts import cohort_clause
 from cloud.services.labels import Selector, as_selector, effective_labels, selector_clause
 from cloud.services.pagination import DEFAULT_LIMIT, Page, keyset_page
 from edgefleet_proto.v1 import common_pb2, device_pb2
@@ -184,8 +189,7 @@ def touch(session: Session, device_id: str, fleet: str, seen_at: datetime) -> De
 @dataclass(frozen=True, slots=True)
 class _Desired:
     generation: int
-    model: ModelVersion
-    variant: ModelVariant | None = None  # the artifact the device was told to run, when chosen per device
+    model: ModelRefPublic  # the artifact the device was told to run: the variant's when one was chosen
 
 
 def _ref(
@@ -215,13 +219,35 @@ def _trial_public(trial: Mapping[str, Any] | None) -> TrialPublic | None:
 def _desired_for(session: Session, device_ids: Sequence[str]) -> dict[str, _Desired]:
     if not device_ids:
         return {}
-    rows = session.exec(
-        select(DesiredState, ModelVersion, ModelVariant)
+    # Columns, not entities: a page of devices costs one light query, not three ORM objects a device.
+    rows = session.execute(
+        sa_select(
+            col(DesiredState.device_id),
+            col(DesiredState.generation),
+            col(ModelVersion.name),
+            col(ModelVersion.version),
+            col(ModelVersion.sha256),
+            col(ModelVariant.sha256),
+            col(ModelVariant.variant),
+            col(ModelVariant.precision),
+        )
         .join(ModelVersion, col(DesiredState.model_version_id) == col(ModelVersion.id))
         .outerjoin(ModelVariant, col(DesiredState.variant_id) == col(ModelVariant.id))
         .where(col(DesiredState.device_id).in_(device_ids))
     ).all()
-    return {d.device_id: _Desired(d.generation, m, v) for d, m, v in rows}
+    return {
+        device_id: _Desired(
+            generation,
+            ModelRefPublic(
+                name=name,
+                version=version,
+                sha256=variant_sha256 or sha256,
+                variant=variant or "",
+                precision=precision or "",
+            ),
+        )
+        for device_id, generation, name, version, sha256, variant_sha256, variant, precision in rows
+    }
 
 
 def _public(device: Device, desired: _Desired | None) -> DevicePublic:
@@ -232,7 +258,7 @@ def _public(device: Device, desired: _Desired | None) -> DevicePublic:
         device.active_model_variant,
         device.active_model_precision,
     )
-    wanted = _desired_ref(desired) if desired else None
+    wanted = desired.model if desired else None
     trial = _trial_public(device.trial)
     # Committed, not merely serving: during a trial the active slot may already hold the desired
     # model (serve mode) although the device can still roll it back.
@@ -279,36 +305,112 @@ def _public(device: Device, desired: _Desired | None) -> DevicePublic:
     )
 
 
-def _desired_ref(desired: _Desired) -> ModelRefPublic:
-    v = desired.variant
-    return ModelRefPublic(
-        name=desired.model.name,
-        version=desired.model.version,
-        sha256=v.sha256 if v else desired.model.sha256,
-        variant=v.variant if v else "",
-        precision=v.precision if v else "",
-    )
+class HealthKind(enum.StrEnum):
+    """The kind of a device's health text: the agent reports "serving", "idle", "degraded: why",
+    "trial: model:version (...)" or "offline"; ``unknown`` is a device that reported none yet and
+    ``other`` any text a newer agent may send."""
+
+    SERVING = "serving"
+    IDLE = "idle"
+    DEGRADED = "degraded"
+    TRIAL = "trial"
+    OFFLINE = "offline"
+    UNKNOWN = "unknown"
+    OTHER = "other"
 
 
-def _devices_query(
-    fleet: str | None,
-    state: DeviceState | None,
-    selector: Selector | str | Mapping[str, str] | None,
-    model: str | None,
-    version: str | None,
-) -> SelectOfScalar[Device]:
+# Kinds whose text carries details after a colon ("degraded: checksum mismatch").
+_DETAILED = (HealthKind.DEGRADED, HealthKind.TRIAL)
+_PLAIN = (HealthKind.SERVING, HealthKind.IDLE, HealthKind.OFFLINE)
+
+
+def _health_clause(kind: HealthKind) -> ColumnElement[bool]:
+    health = col(Device.health)
+    if kind in _DETAILED:
+        # substr, not LIKE: LIKE ignores case on SQLite and not on PostgreSQL.
+        prefix = f"{kind.value}:"
+        return or_(health == kind.value, func.substr(health, 1, len(prefix)) == prefix)
+    if kind is HealthKind.UNKNOWN:
+        return health == ""
+    if kind is HealthKind.OTHER:
+        known = [_health_clause(k) for k in (*_DETAILED, *_PLAIN, HealthKind.UNKNOWN)]
+        return ~or_(*known)
+    return health == kind.value
+
+
+def health_kind_column() -> ColumnElement[str]:
+    """The HealthKind of ``Device.health`` in SQL, so that counts group in the database."""
+    whens = [(_health_clause(k), k.value) for k in (*_DETAILED, *_PLAIN, HealthKind.UNKNOWN)]
+    return case(*whens, else_=HealthKind.OTHER.value)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFilter:
+    """What a device listing matches; every given field must hold (None: any)."""
+
+    fleet: str | None = None
+    state: DeviceState | None = None
+    labels: Selector | str | Mapping[str, str] | None = None
+    model: str | None = None
+    version: str | None = None
+    cohort: Cohort | None = None
+    health: HealthKind | None = None
+    seen_after: datetime | None = None
+    seen_before: datetime | None = None
+
+
+def check_instant(name: str, value: datetime) -> datetime:
+    """``value`` in UTC; InvalidInputError for a naive time or one UTC cannot hold (year 1 or 9999 with
+    an offset), which the database layer would otherwise fail on."""
+    if value.tzinfo is None:
+        raise InvalidInputError(
+            f"{name} {value.isoformat()} has no time zone: expected ISO 8601 with an offset, e.g. "
+            "2026-01-31T12:00:00Z"
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInputError(
+            f"{name} {value.isoformat()} is out of range: expected an instant within the years 1 to 9999 UTC"
+        ) from None
+
+
+def _check_seen(f: DeviceFilter) -> None:
+    for name, value in (("seen_after", f.seen_after), ("seen_before", f.seen_before)):
+        if value is not None:
+            check_instant(name, value)
+    if f.seen_after is not None and f.seen_before is not None and f.seen_after >= f.seen_before:
+        raise InvalidInputError(
+            f"seen_after {f.seen_after.isoformat()} is not before seen_before {f.seen_before.isoformat()}: "
+            "expected an interval that can hold a time"
+        )
+
+
+def _devices_query(f: DeviceFilter) -> SelectOfScalar[Device]:
+    _check_seen(f)
     query = select(Device)
-    if fleet is not None:
-        query = query.where(Device.fleet == fleet)
-    if state is not None:
-        query = query.where(Device.state == state)
-    if selector:
+    if f.fleet is not None:
+        query = query.where(Device.fleet == f.fleet)
+    if f.state is not None:
+        query = query.where(Device.state == f.state)
+    if f.labels:
         # In SQL over the effective labels (DeviceLabel), not over each device's JSON in Python.
-        query = query.where(selector_clause(as_selector(selector)))
-    if model is not None:
-        query = query.where(Device.active_model_name == model)
-    if version is not None:
-        query = query.where(Device.active_model_version == version)
+        query = query.where(selector_clause(as_selector(f.labels)))
+    if f.model is not None:
+        query = query.where(Device.active_model_name == f.model)
+    if f.version is not None:
+        query = query.where(Device.active_model_version == f.version)
+    if f.cohort is not None:
+        # A cohort names devices of its own fleet only, whatever fleet the caller asked for.
+        if f.cohort.fleet != f.fleet:
+            query = query.where(Device.fleet == f.cohort.fleet)
+        query = query.where(cohort_clause(f.cohort))
+    if f.health is not None:
+        query = query.where(_health_clause(f.health))
+    if f.seen_after is not None:
+        query = query.where(col(Device.last_seen) >= f.seen_after)
+    if f.seen_before is not None:
+        query = query.where(col(Device.last_seen) < f.seen_before)
     return query
 
 
@@ -331,8 +433,13 @@ def list_devices(
     ``labels`` is a selector (its text, or ``{key: value}`` pairs). Unpaginated: for the hub's own
     use and tests; the API pages with ``page_devices``.
     """
-    query = _devices_query(fleet, state, labels, model, version)
+    query = _devices_query(DeviceFilter(fleet, state, labels, model, version))
     return _publics(session, session.exec(query.order_by(col(Device.id))).all())
+
+
+def devices_page_query(f: DeviceFilter, limit: int) -> SelectOfScalar[Device]:
+    """The SQL of the first page of a listing, as ``page_devices`` runs it (for EXPLAIN and benchmarks)."""
+    return _devices_query(f).order_by(col(Device.id)).limit(limit + 1)
 
 
 def page_devices(
@@ -343,15 +450,89 @@ def page_devices(
     labels: Selector | str | Mapping[str, str] | None = None,
     model: str | None = None,
     version: str | None = None,
+    cohort: Cohort | None = None,
+    health: HealthKind | None = None,
+    seen_after: datetime | None = None,
+    seen_before: datetime | None = None,
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> Page[DevicePublic]:
-    """One page of ``list_devices``, by id; ``next_cursor`` continues after its last device."""
-    query = _devices_query(fleet, state, labels, model, version)
+    """One page of the matching devices, by id; ``next_cursor`` continues after its last device.
+
+    Two queries a page whatever its size: the devices, and their desired states.
+    """
+    f = DeviceFilter(fleet, state, labels, model, version, cohort, health, seen_after, seen_before)
     page = keyset_page(
-        session, query, [Device.id], listing="devices", key_of=lambda d: (d.id,), limit=limit, cursor=cursor
+        session,
+        _devices_query(f),
+        [Device.id],
+        listing="devices",
+        key_of=lambda d: (d.id,),
+        limit=limit,
+        cursor=cursor,
     )
     return Page(_publics(session, page.items), page.next_cursor)
+
+
+# --- the fleet at a glance --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VersionCount:
+    name: str | None  # None: devices that run no model the hub heard of
+    version: str | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSummary:
+    total: int
+    by_state: dict[str, int]
+    by_health: dict[str, int]
+    by_version: list[VersionCount]  # most devices first
+    by_cohort: dict[str, int]  # every cohort of the fleet, empty ones too
+
+
+def fleet_summary(session: Session, fleet: str) -> FleetSummary:
+    """Counts of the fleet's devices by state, health, active version and cohort.
+
+    Each count is a GROUP BY (or one COUNT per cohort, all in one UNION ALL) in the database, so the
+    cost does not grow with the rows handed to Python: four queries whatever the fleet's size.
+    """
+    in_fleet = Device.fleet == fleet
+    states = session.exec(select(Device.state, func.count()).where(in_fleet).group_by(Device.state)).all()
+    by_state = {s.value: 0 for s in DeviceState} | {DeviceState(s).value: int(n) for s, n in states}
+    kind = health_kind_column().label("kind")
+    healths = session.exec(select(kind, func.count()).where(in_fleet).group_by(kind)).all()
+    by_health = {k.value: 0 for k in HealthKind} | {str(k): int(n) for k, n in healths}
+    name, version = col(Device.active_model_name), col(Device.active_model_version)
+    versions = session.exec(select(name, version, func.count()).where(in_fleet).group_by(name, version)).all()
+    by_version = sorted(
+        (VersionCount(n, v, int(c)) for n, v, c in versions),
+        key=lambda r: (-r.count, r.name or "", r.version or ""),
+    )
+    return FleetSummary(
+        total=sum(by_state.values()),
+        by_state=by_state,
+        by_health=by_health,
+        by_version=by_version,
+        by_cohort=_cohort_counts(session, fleet),
+    )
+
+
+def _cohort_counts(session: Session, fleet: str) -> dict[str, int]:
+    cohorts = session.exec(select(Cohort).where(Cohort.fleet == fleet).order_by(col(Cohort.name))).all()
+    if not cohorts:
+        return {}
+    counts = [
+        select(literal(c.name, String).label("cohort"), func.count().label("n")).where(
+            Device.fleet == fleet, cohort_clause(c)
+        )
+        for c in cohorts
+    ]
+    rows = session.execute(union_all(*counts)).all()
+    found = {str(name): int(n) for name, n in rows}
+    return {c.name: found.get(c.name, 0) for c in cohorts}
 
 
 def get_device(session: Session, device_id: str) -> Device:

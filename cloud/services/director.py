@@ -70,6 +70,10 @@ class Director:
         self._clock = clock
         self.expiry = expiry or repo.settings.director_expiry
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
     def seal(self, session: Session, desired: desired_pb2.DesiredState, *, force: bool = False) -> bytes:
         """The signed envelope for ``desired`` (the caller commits ``session``).
 

@@ -24,6 +24,7 @@ from cloud.api.schemas.fleet import (
 from cloud.clock import Clock, utcnow
 from cloud.errors import ConflictError, InvalidInputError, NotFoundError
 from cloud.models import Bundle, Experiment, ModelVariant, ModelVersion
+from cloud.services.pagination import Page, keyset_page
 
 __all__ = [
     "experiment_detail",
@@ -100,13 +101,25 @@ def get_experiment(session: Session, run_id: str) -> Experiment:
 
 def list_experiments(session: Session, *, name: str | None = None, limit: int = 100) -> list[Experiment]:
     """Newest first."""
+    return page_experiments(session, name=name, limit=limit).items
+
+
+def page_experiments(
+    session: Session, *, name: str | None = None, limit: int = 100, cursor: str | None = None
+) -> Page[Experiment]:
+    """A page of the runs, newest first; ``next_cursor`` continues with older ones."""
     query = select(Experiment)
     if name is not None:
         query = query.where(Experiment.name == name)
-    return list(
-        session.exec(
-            query.order_by(col(Experiment.created_at).desc(), col(Experiment.id).desc()).limit(limit)
-        ).all()
+    return keyset_page(
+        session,
+        query,
+        [Experiment.created_at, Experiment.id],
+        listing="experiments",
+        key_of=lambda e: (e.created_at, e.id or 0),
+        limit=limit,
+        cursor=cursor,
+        descending=True,
     )
 
 

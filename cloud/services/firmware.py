@@ -20,12 +20,13 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from cloud.artifacts import ArtifactInfo, ArtifactStore
+from cloud.artifacts import ArtifactInfo, ArtifactStore, without_path
 from cloud.clock import Clock, utcnow
 from cloud.errors import ConflictError, InvalidArtifactError, NotFoundError
 from cloud.models import DesiredFirmware, Device, FirmwareImage
 from cloud.services import desired
 from cloud.services.labels import Selector, as_selector, selector_clause
+from cloud.services.pagination import DEFAULT_LIMIT, Page, keyset_page
 from cloud.services.publisher import DesiredPublisher
 from cloud.services.signing import Signing
 from cloud.tuf.metadata import TargetSpec
@@ -33,7 +34,7 @@ from cloud.tuf.sync import firmware_target_path
 from firmware_images.build import Bundle, build_delta, load_bundle
 from firmware_images.format import BundleError, BundleKind, Manifest, compare_versions
 
-__all__ = ["HardwareMismatchError", "assign_firmware", "list_firmware", "register_bundle"]
+__all__ = ["HardwareMismatchError", "assign_firmware", "list_firmware", "page_firmware", "register_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def register_bundle(
     try:
         bundle = load_bundle(store.path(info.sha256))
     except BundleError as e:
-        raise InvalidArtifactError(f"not a firmware bundle: {e}") from e
+        said = without_path(str(e), store.path(info.sha256), f"artifact {info.sha256}")
+        raise InvalidArtifactError(f"not a firmware bundle: {said}") from e
     manifest = bundle.manifest
     rows = [(_row_for(manifest, info, clock), manifest)]
     if manifest.kind is BundleKind.FULL:
@@ -142,6 +144,24 @@ def list_firmware(session: Session, name: str | None = None) -> list[FirmwareIma
     if name is not None:
         query = query.where(FirmwareImage.name == name)
     return list(session.exec(query.order_by(col(FirmwareImage.name), col(FirmwareImage.created_at))).all())
+
+
+def page_firmware(
+    session: Session, name: str | None = None, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> Page[FirmwareImage]:
+    """A page of ``list_firmware``: by name, then oldest first."""
+    query = select(FirmwareImage)
+    if name is not None:
+        query = query.where(FirmwareImage.name == name)
+    return keyset_page(
+        session,
+        query,
+        [FirmwareImage.name, FirmwareImage.created_at, FirmwareImage.id],
+        listing="firmware",
+        key_of=lambda f: (f.name, f.created_at, f.id or 0),
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 def _full_image(session: Session, name: str, version: str, hardware_id: str | None) -> FirmwareImage:

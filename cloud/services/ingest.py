@@ -31,6 +31,7 @@ from cloud.clock import Clock, from_ms, utcnow
 from cloud.db import SessionFactory, transaction
 from cloud.errors import HubError, InvalidInputError
 from cloud.models import Device, DeviceEvent, DeviceRollback, TelemetryWindow
+from cloud.observability.metrics import IngestMetrics
 from cloud.services import devices, labels, rollbacks
 from cloud.telemetry.tables import SketchRecord
 from edgefleet_proto.topics import Channel, FleetTopics, TopicError
@@ -134,8 +135,10 @@ class Ingestor:
         *,
         clock: Clock = utcnow,
         stats: IngestStats | None = None,
+        metrics: IngestMetrics | None = None,
     ) -> None:
         self._sessions = sessions
+        self._metrics = metrics
         self._topics = topics
         self._clock = clock
         self.stats = stats if stats is not None else IngestStats()
@@ -243,6 +246,13 @@ class Ingestor:
         with transaction(self._sessions) as session:
             counts = self._store(session, items, now)
         self.stats.add(**counts)
+        if self._metrics is not None:
+            # How late windows arrive, measured once their transaction committed (device clocks).
+            for channel, name in ((Channel.TELEMETRY, "telemetry"), (Channel.SKETCH, "sketch")):
+                ends = [
+                    from_ms(w.window_end_ms) for i in items if i.channel is channel for w in i.message.windows
+                ]
+                self._metrics.windows(name, ends, now)
 
     def _store(self, session: Session, items: Sequence[_Decoded], now: datetime) -> dict[str, int]:
         fleet = self._topics.fleet

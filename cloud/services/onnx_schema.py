@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cloud.artifacts import without_path
 from cloud.errors import InvalidArtifactError
 from cloud.models import ModelVariant, ModelVersion
 
@@ -69,7 +70,8 @@ def onnx_io_schema(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own unrelated classes for each failure
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        said = without_path(str(e).strip(), path, f"artifact {path.name}")
+        reason = said.splitlines()[0][:300] if said else type(e).__name__
         raise InvalidArtifactError(
             f"artifact is not a loadable ONNX model (corrupt or not ONNX): onnxruntime said: {reason}"
         ) from e
@@ -91,7 +93,8 @@ def single_file_variant(path: Path, version: ModelVersion, now: datetime) -> Mod
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError, OSError and others
-        raise InvalidArtifactError(f"artifact is not a readable ONNX model: {e}") from e
+        said = without_path(str(e), path, f"artifact {path.name}")
+        raise InvalidArtifactError(f"artifact is not a readable ONNX model: {said}") from e
     ops = {node.op_type for node in model.graph.node}
     opsets = [int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")]
     precision = "int8" if ops & _INT8_OPS else "fp32"

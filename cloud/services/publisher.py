@@ -20,6 +20,8 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.retained: dict[str, bytes] = {}
         self.history: list[tuple[str, bytes]] = []
+        # Commands (cmd topic, not retained) in the order they were sent.
+        self.commands: list[tuple[str, bytes]] = []
         # Set to a reason string to make every publish fail, as a broker that is down would.
         self.fail_with: str | None = None
         self._lock = threading.Lock()
@@ -30,3 +32,9 @@ class RecordingPublisher:
                 raise PublishError(self.fail_with)
             self.retained[device_id] = payload
             self.history.append((device_id, payload))
+
+    def publish_command(self, device_id: str, payload: bytes) -> None:
+        with self._lock:
+            if self.fail_with is not None:
+                raise PublishError(self.fail_with)
+            self.commands.append((device_id, payload))

@@ -20,6 +20,7 @@ from cloud.db import SessionFactory, read_transaction
 from cloud.errors import ConflictError, NotFoundError, UnsupportedFormatError
 from cloud.models import Bundle, ModelVariant, ModelVersion
 from cloud.services.onnx_schema import onnx_io_schema, single_file_variant
+from cloud.services.pagination import DEFAULT_LIMIT, Page, keyset_page
 from cloud.validation import check_model_name, check_version
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,24 @@ def list_models(session: Session, name: str | None = None) -> list[ModelVersion]
     if name is not None:
         query = query.where(ModelVersion.name == name)
     return list(session.exec(query.order_by(col(ModelVersion.name), col(ModelVersion.created_at))).all())
+
+
+def page_models(
+    session: Session, name: str | None = None, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> Page[ModelVersion]:
+    """A page of ``list_models``: by name, then oldest first."""
+    query = select(ModelVersion)
+    if name is not None:
+        query = query.where(ModelVersion.name == name)
+    return keyset_page(
+        session,
+        query,
+        [ModelVersion.name, ModelVersion.created_at, ModelVersion.id],
+        listing="models",
+        key_of=lambda m: (m.name, m.created_at, m.id or 0),
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 def is_registered_artifact(session: Session, sha256: str) -> bool:

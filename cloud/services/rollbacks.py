@@ -17,13 +17,22 @@ from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from cloud.clock import from_ms
 from cloud.errors import ConflictError
 from cloud.models import Device, DeviceRollback, ModelVersion
+from cloud.services.pagination import Page, keyset_page
 from edgefleet_proto.v1 import event_pb2
 
-__all__ = ["RefusedDevice", "exclude_refused", "list_rollbacks", "refusals", "row_from_event"]
+__all__ = [
+    "RefusedDevice",
+    "exclude_refused",
+    "list_rollbacks",
+    "page_rollbacks",
+    "refusals",
+    "row_from_event",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +128,9 @@ def exclude_refused(
     return kept
 
 
-def list_rollbacks(
-    session: Session,
-    *,
-    fleet: str,
-    device_id: str | None = None,
-    model_name: str | None = None,
-    version: str | None = None,
-    limit: int = 100,
-) -> list[DeviceRollback]:
-    """Rollbacks in ``fleet``, newest first."""
+def _rollbacks_query(
+    fleet: str, device_id: str | None, model_name: str | None, version: str | None
+) -> SelectOfScalar[DeviceRollback]:
     query = (
         select(DeviceRollback)
         .join(Device, col(DeviceRollback.device_id) == col(Device.id))
@@ -140,5 +142,42 @@ def list_rollbacks(
         query = query.where(DeviceRollback.model_name == model_name)
     if version is not None:
         query = query.where(DeviceRollback.model_version == version)
-    query = query.order_by(col(DeviceRollback.ts).desc(), col(DeviceRollback.id).desc()).limit(limit)
-    return list(session.exec(query).all())
+    return query
+
+
+def list_rollbacks(
+    session: Session,
+    *,
+    fleet: str,
+    device_id: str | None = None,
+    model_name: str | None = None,
+    version: str | None = None,
+    limit: int = 100,
+) -> list[DeviceRollback]:
+    """Rollbacks in ``fleet``, newest first."""
+    return page_rollbacks(
+        session, fleet=fleet, device_id=device_id, model_name=model_name, version=version, limit=limit
+    ).items
+
+
+def page_rollbacks(
+    session: Session,
+    *,
+    fleet: str,
+    device_id: str | None = None,
+    model_name: str | None = None,
+    version: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> Page[DeviceRollback]:
+    """A page of the rollbacks in ``fleet``, newest first; ``next_cursor`` continues with older ones."""
+    return keyset_page(
+        session,
+        _rollbacks_query(fleet, device_id, model_name, version),
+        [DeviceRollback.ts, DeviceRollback.id],
+        listing="rollbacks",
+        key_of=lambda r: (r.ts, r.id or 0),
+        limit=limit,
+        cursor=cursor,
+        descending=True,
+    )

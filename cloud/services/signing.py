@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from sqlmodel import Session
 
 from cloud.db import SessionFactory
-from cloud.errors import PublishError
+from cloud.errors import HubError, PublishError
+from cloud.services.commands import CommandPublisher, CommandSigner
 from cloud.services.director import Director
 from cloud.services.publisher import DesiredPublisher
 from cloud.tuf.repository import TufRepository
 from cloud.tuf.rotation import RotationService
 from cloud.tuf.sync import sync_targets
-from edgefleet_proto.v1 import desired_pb2
+from edgefleet_proto.v1 import command_pb2, desired_pb2
 
-__all__ = ["Signing"]
+__all__ = ["Signing", "publish_registered"]
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,27 @@ class Signing:
     sessions: SessionFactory
     publisher: DesiredPublisher | None = None
     rotations: RotationService = field(init=False)
+    commands: CommandSigner = field(init=False)
 
     def __post_init__(self) -> None:
         self.rotations = RotationService(self.repo, listeners=[self._on_rotated])
+        self.commands = CommandSigner(self.repo, clock=self.director.clock)
+
+    def send_command(self, device_id: str, fleet: str, body: command_pb2.Resync | command_pb2.Ping) -> bytes:
+        """Sign a command for one device and publish it on its cmd topic; returns the signed envelope.
+
+        The seq is committed before the publish: a command the broker did not take leaves a gap in the
+        device's seqs, which it accepts (it only refuses a seq that does not grow). Raises PublishError
+        when there is no publisher that sends commands, or the broker does not take it.
+        """
+        publisher: object = self.publisher  # a DesiredPublisher that may also send commands
+        if not isinstance(publisher, CommandPublisher):
+            raise PublishError("this hub has no MQTT connection to send commands over")
+        with self.sessions() as session:
+            envelope = self.commands.sign(session, device_id, fleet, body)
+            session.commit()
+        publisher.publish_command(device_id, envelope)
+        return envelope
 
     def seal(self, session: Session, desired: desired_pb2.DesiredState) -> bytes:
         """Sign a desired state for its device (the caller commits before publishing)."""
@@ -71,3 +90,20 @@ class Signing:
             session.commit()
         self.publish_all(envelopes)
         log.info("director key rotated: re-signed %d desired state(s) with the new key", len(envelopes))
+
+
+def publish_registered(signing: Signing | None) -> None:
+    """List what a registration just committed as TUF targets now, not at the scheduler's next tick.
+
+    Until the targets metadata lists an artifact, no device can verify it, and a rollout that
+    names it would wait for the tick (up to its interval). A failure here leaves the registration
+    in place: it is logged, and the scheduler's sync publishes the target on its next run.
+    """
+    if signing is None:
+        return
+    try:
+        signing.sync_targets()
+    except HubError as e:
+        log.error(
+            "registered, but the new TUF target(s) are not published yet (the scheduler retries): %s", e
+        )

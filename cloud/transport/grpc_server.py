@@ -9,6 +9,11 @@ hub's other parts are threads). A download is a coroutine, not a worker thread, 
 thousand devices fetching at once are a thousand streams rather than a queue behind a
 thread pool. What blocks (the registry check, stat, file reads, TUF metadata from the
 database) runs on a small thread pool; a stream holds at most one chunk in memory.
+
+TLS (``ServerTls``) is set when the server binds; with a client CA every client must present a
+certificate it issued. Who may download (``Stat``, ``Fetch``) is decided per call by ``authorize``
+(cloud.identity.grpc_auth: a device certificate, a token, or loopback in the plaintext demo);
+``FetchMetadata`` serves signed TUF metadata to anyone.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -28,6 +34,7 @@ from typing_extensions import override
 
 from cloud.artifacts import ArtifactNotFoundError, ArtifactStore, check_sha256
 from cloud.errors import HubError, InvalidInputError, NotFoundError
+from cloud.identity.grpc_auth import CallerInfo, CallRefusedError
 from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,25 @@ IO_THREADS = 4
 LOOP_TIMEOUT_S = 30.0
 
 T = TypeVar("T")
+# Who may download (cloud.identity.grpc_auth.ArtifactAccess): returns the caller's name or raises
+# CallRefusedError. Blocking (it reads the database), so it runs on the I/O threads.
+Authorize = Callable[[CallerInfo], str]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """The server's certificate chain and key (PEM); ``client_ca``: require client certificates it issued."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    client_ca_pem: bytes | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key_pem, self.cert_pem)],
+            root_certificates=self.client_ca_pem,
+            require_client_auth=self.client_ca_pem is not None,
+        )
 
 
 class GrpcServerError(HubError):
@@ -65,8 +91,11 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
         metadata: Callable[[str], bytes] | None = None,
         *,
         io: ThreadPoolExecutor,
+        authorize: Authorize | None = None,
     ) -> None:
         self._store = store
+        # None: every caller may download (tests of the streaming itself); the hub always sets one.
+        self._authorize = authorize
         self._is_served = is_served
         # TUF metadata by file name ("timestamp.json", "3.root.json"); None: no update repository.
         self._metadata = metadata
@@ -77,6 +106,21 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
 
     async def _check(self, sha256: str, context: grpc.aio.ServicerContext[Any, Any]) -> int:
         """The artifact's length, or abort the call with the status that says why not."""
+        if self._authorize is not None:
+            caller = CallerInfo(
+                auth=context.auth_context(),
+                metadata=tuple(context.invocation_metadata() or ()),
+                peer=context.peer(),
+            )
+            try:
+                await self._blocking(self._authorize, caller)
+            except CallRefusedError as e:
+                code = (
+                    grpc.StatusCode.UNAUTHENTICATED
+                    if e.unauthenticated
+                    else grpc.StatusCode.PERMISSION_DENIED
+                )
+                await _abort(context, code, str(e))
         try:
             check_sha256(sha256)
         except InvalidInputError as e:
@@ -165,7 +209,8 @@ class ArtifactServer:
     loop thread lives from the bind to the stop.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: ServerTls | None = None) -> None:
+        self.tls = tls
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-artifacts", daemon=True)
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="grpc-artifacts-io")
@@ -177,7 +222,7 @@ class ArtifactServer:
         self._stopping = False
         self._thread.start()
         try:
-            self.port = self._call(self._bind(address))
+            self.port = self._call(self._bind(address, tls))
         except BaseException:
             self._shut_loop()
             raise
@@ -185,7 +230,7 @@ class ArtifactServer:
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float = LOOP_TIMEOUT_S) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    async def _bind(self, address: str) -> int:
+    async def _bind(self, address: str, tls: ServerTls | None) -> int:
         server = self._server = grpc.aio.server(
             options=[
                 # A chunk is at most 1 MiB; requests are tiny.
@@ -196,7 +241,10 @@ class ArtifactServer:
             ]
         )
         try:
-            bound = server.add_insecure_port(address)
+            if tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, tls.credentials())
         except RuntimeError as e:
             raise GrpcServerError(
                 f"cannot listen for gRPC on {address}: the port is taken or the host is unknown"
@@ -213,11 +261,13 @@ class ArtifactServer:
         is_served: Callable[[str], bool],
         *,
         metadata: Callable[[str], bytes] | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
         """Add the artifact and health services and start serving (once)."""
         if self._serving or self._stopping:
             raise RuntimeError("an artifact server serves once, between its bind and its stop")
-        self._call(self._serve(ArtifactService(store, is_served, metadata, io=self._io)))
+        service = ArtifactService(store, is_served, metadata, io=self._io, authorize=authorize)
+        self._call(self._serve(service))
         self._serving = True
 
     async def _serve(self, artifacts: ArtifactService) -> None:
@@ -270,14 +320,16 @@ class ArtifactServer:
         self._stopped.set()
 
 
-def bind_grpc_server(host: str = "127.0.0.1", port: int = 0) -> tuple[ArtifactServer, int]:
+def bind_grpc_server(
+    host: str = "127.0.0.1", port: int = 0, *, tls: ServerTls | None = None
+) -> tuple[ArtifactServer, int]:
     """A server bound to ``host:port`` with no services yet; returns it and its port (``port=0``: any).
 
     Nothing is served until :func:`serve_artifacts`: the hub binds its ports before it opens
     the database or talks to the broker, so that a taken port stops it before either.
     """
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    server = ArtifactServer(address)
+    server = ArtifactServer(address, tls)
     return server, server.port
 
 
@@ -287,9 +339,10 @@ def serve_artifacts(
     is_served: Callable[[str], bool],
     *,
     metadata: Callable[[str], bytes] | None = None,
+    authorize: Authorize | None = None,
 ) -> None:
     """Add the artifact and health services to a bound server and start it."""
-    server.serve(store, is_served, metadata=metadata)
+    server.serve(store, is_served, metadata=metadata, authorize=authorize)
 
 
 def start_grpc_server(
@@ -299,13 +352,15 @@ def start_grpc_server(
     metadata: Callable[[str], bytes] | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    tls: ServerTls | None = None,
+    authorize: Authorize | None = None,
 ) -> tuple[ArtifactServer, int]:
     """Start the artifact and health services; returns the server and its bound port (``port=0``: any)."""
-    server, bound = bind_grpc_server(host, port)
+    server, bound = bind_grpc_server(host, port, tls=tls)
     try:
-        serve_artifacts(server, store, is_served, metadata=metadata)
+        serve_artifacts(server, store, is_served, metadata=metadata, authorize=authorize)
     except BaseException:
         server.stop().wait(LOOP_TIMEOUT_S)
         raise
-    log.info("gRPC artifact server listening on %s:%d", host, bound)
+    log.info("gRPC artifact server listening on %s:%d (%s)", host, bound, "TLS" if tls else "plaintext")
     return server, bound

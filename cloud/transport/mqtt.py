@@ -46,6 +46,7 @@ import logging
 import queue
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +61,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cloud.errors import InvalidInputError, PublishError
+from cloud.observability.metrics import IngestMetrics
 from cloud.services.ingest import InboundMessage, StoreUnavailableError
 from cloud.settings import Settings
 from cloud.startup import HubStartError, hostport
@@ -72,6 +74,7 @@ __all__ = [
     "check_broker",
     "receive_maximum",
     "stable_client_id",
+    "tls_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,8 @@ class _Received:
     qos: int
     # Which connection delivered it: a packet id means nothing on another connection.
     connection: int
+    # time.monotonic() on receipt, for the receive-to-commit latency in /metrics.
+    received_at: float = 0.0
 
 
 def receive_maximum(settings: Settings) -> int:
@@ -132,7 +137,27 @@ def _client_for(settings: Settings, client_id: str, *, persistent: bool = False)
     if settings.mqtt_username is not None:
         password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
         client.username_pw_set(settings.mqtt_username, password)
+    if settings.mqtt_uses_tls():
+        client.tls_set_context(tls_context(settings))
     return client
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """TLS for the hub's MQTT client: the broker verified against EDGEFLEET_MQTT_TLS_CA (else the system's
+    trust store), host name checked, and the hub's client certificate presented when one is set."""
+    ca = settings.mqtt_tls_ca
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        if settings.mqtt_tls_cert is not None:
+            key = settings.mqtt_tls_key
+            ctx.load_cert_chain(str(settings.mqtt_tls_cert), str(key) if key is not None else None)
+    except (OSError, ssl.SSLError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise HubStartError(
+            f"cannot load the MQTT TLS files (CA {ca}, certificate {settings.mqtt_tls_cert}): {reason} "
+            "(EDGEFLEET_MQTT_TLS_CA, EDGEFLEET_MQTT_TLS_CERT, EDGEFLEET_MQTT_TLS_KEY)"
+        ) from e
+    return ctx
 
 
 def check_broker(settings: Settings, *, timeout: float) -> None:
@@ -146,15 +171,30 @@ def check_broker(settings: Settings, *, timeout: float) -> None:
     answered = threading.Event()
     refused: list[str] = []
 
+    closed: list[str] = []
+
     def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         if reason.is_failure:
             refused.append(str(reason))
         answered.set()
 
+    def on_disconnect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        # Closed before any CONNACK: over TLS 1.3 a refused client certificate shows only now.
+        if not answered.is_set():
+            closed.append(str(reason))
+            answered.set()
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     client.connect_timeout = timeout
     try:
         client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=settings.mqtt_keepalive_s)
+    except ssl.SSLError as e:
+        raise HubStartError(
+            f"TLS with the MQTT broker at {where} failed: {e.reason or e} (EDGEFLEET_MQTT_TLS_CA, "
+            "EDGEFLEET_MQTT_TLS_CERT, EDGEFLEET_MQTT_TLS_KEY; the broker's certificate must name "
+            "EDGEFLEET_MQTT_HOST)"
+        ) from e
     except OSError as e:
         reason = e.strerror or str(e) or type(e).__name__
         raise HubStartError(
@@ -167,6 +207,14 @@ def check_broker(settings: Settings, *, timeout: float) -> None:
                 f"the MQTT broker at {where} did not accept a connection within {timeout:g} s "
                 "(EDGEFLEET_MQTT_HOST, EDGEFLEET_MQTT_PORT)"
             )
+        if closed:
+            tls = (
+                " (over TLS: a client certificate it does not accept, or none; EDGEFLEET_MQTT_TLS_CERT, "
+                "EDGEFLEET_MQTT_TLS_KEY)"
+                if settings.mqtt_uses_tls()
+                else ""
+            )
+            raise HubStartError(f"the MQTT broker at {where} closed the connection before answering{tls}")
         if refused:
             raise HubStartError(
                 f"the MQTT broker at {where} refused the hub: {refused[0]} (EDGEFLEET_MQTT_USERNAME, "
@@ -187,9 +235,11 @@ class HubMqtt:
         on_batch: BatchHandler,
         desired_source: DesiredSource,
         client_id: str | None = None,
+        metrics: IngestMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._on_batch = on_batch
+        self._metrics = metrics
         self._desired_source = desired_source
         self.topics = FleetTopics(settings.fleet, settings.topic_prefix)
         self._v5 = settings.mqtt_protocol == "5"
@@ -309,11 +359,11 @@ class HubMqtt:
         except TopicError as e:
             raise InvalidInputError(str(e)) from e
 
-    def _publish_retained(self, topic: str, payload: bytes) -> None:
+    def _publish_retained(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
         where = f"{self._settings.mqtt_host}:{self._settings.mqtt_port}"
         if not self.connected:
             raise PublishError(f"not connected to the MQTT broker at {where}")
-        info = self._client.publish(topic, payload, qos=1, retain=True)
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
         timeout = self._settings.publish_timeout_s
         try:
             info.wait_for_publish(timeout)
@@ -325,6 +375,15 @@ class HubMqtt:
     def publish_desired(self, device_id: str, payload: bytes) -> None:
         """Publish a desired state retained with QoS 1 and wait for the broker's PUBACK."""
         self._publish_retained(self._desired_topic(device_id), payload)
+
+    def publish_command(self, device_id: str, payload: bytes) -> None:
+        """Publish a signed command with QoS 1, not retained (a command is for now, not for later),
+        and wait for the broker's PUBACK."""
+        try:
+            topic = self.topics.device(device_id).cmd
+        except TopicError as e:
+            raise InvalidInputError(str(e)) from e
+        self._publish_retained(topic, payload, retain=False)
 
     def publish_desired_many(self, payloads: Sequence[tuple[str, bytes]]) -> dict[str, str]:
         """Publish many desired states (retained, QoS 1) at once, then wait for their PUBACKs.
@@ -427,6 +486,7 @@ class HubMqtt:
             msg.mid,
             msg.qos,
             self._connection,
+            time.monotonic(),
         )
         warned = False
         while True:
@@ -472,6 +532,8 @@ class HubMqtt:
             received = [m for m in batch if isinstance(m, _Received)]
             if self._store(received):
                 self._ack(received)
+                if self._metrics is not None:
+                    self._metrics.committed([(r.message.topic, r.received_at) for r in received])
             if stop:
                 return
 

@@ -9,11 +9,47 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["TufSettings"]
+__all__ = ["Duration", "TufSettings", "parse_seconds"]
+
+
+def parse_seconds(value: object) -> object:
+    """Plain seconds (``20``, ``"20"``, ``"2.5"``) as a timedelta; anything else is left to pydantic,
+    which reads ISO 8601 durations (``P1D``, ``PT20S``) and ``[D days,] HH:MM:SS``.
+
+    Environment variables arrive as text, and pydantic reads the text ``"20"`` as no duration at
+    all: the documented "seconds" form needs this step.
+    """
+    if isinstance(value, bool):
+        return value  # refused by pydantic: True is not a duration
+    seconds: float
+    if isinstance(value, int | float):
+        seconds = value
+    elif isinstance(value, str):
+        try:
+            seconds = float(value.strip())
+        except ValueError:
+            return value
+    else:
+        return value
+    try:
+        return timedelta(seconds=seconds)
+    except (OverflowError, ValueError) as e:  # inf, nan, or past timedelta's range (~2.7 million years)
+        raise ValueError(f"expected a duration in seconds, got {value!r} ({e})") from e
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError(f"expected a positive duration, got {value.total_seconds():g} s")
+    return value
+
+
+# Seconds (a number) or an ISO 8601 duration; always positive.
+Duration = Annotated[timedelta, BeforeValidator(parse_seconds), AfterValidator(_positive)]
 
 
 class TufSettings(BaseSettings):
@@ -21,12 +57,12 @@ class TufSettings(BaseSettings):
 
     # Where the online keys (and a development root key) live; default {data_dir}/keys.
     keys_dir: Path | None = None
-    root_expiry: timedelta = timedelta(days=365)
-    targets_expiry: timedelta = timedelta(days=30)
-    snapshot_expiry: timedelta = timedelta(days=7)
-    timestamp_expiry: timedelta = timedelta(days=1)
+    root_expiry: Duration = timedelta(days=365)
+    targets_expiry: Duration = timedelta(days=30)
+    snapshot_expiry: Duration = timedelta(days=7)
+    timestamp_expiry: Duration = timedelta(days=1)
     # A signed desired state is void after this long; the hub re-signs it before then.
-    director_expiry: timedelta = timedelta(days=7)
+    director_expiry: Duration = timedelta(days=7)
     # Re-sign a role once less than this share of its validity is left.
     resign_fraction: float = Field(default=0.5, gt=0, lt=1)
     # How often the scheduler looks for metadata to re-sign.

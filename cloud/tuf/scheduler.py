@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from cloud.db import SessionFactory
+from cloud.observability.metrics import JOB_FAILED, JobMetrics
 from cloud.services.director import Director
 from cloud.tuf.repository import TufRepository
 from cloud.tuf.rotation import RotationService
@@ -43,8 +44,10 @@ class ResignScheduler:
         publish: Callable[[Sequence[tuple[str, bytes]]], object],
         *,
         interval_s: float | None = None,
+        jobs: JobMetrics | None = None,
     ) -> None:
         self.repo = repo
+        self._jobs = jobs  # counts the ticks for /metrics
         self.director = director
         self._sessions = sessions
         self._publish = publish
@@ -65,11 +68,13 @@ class ResignScheduler:
             self._publish(envelopes)
         return result
 
-    def _safe_tick(self) -> None:
+    def _safe_tick(self) -> bool | None:
         try:
             self.tick()
         except Exception:  # the next tick retries; expiry is far longer than the interval
             log.exception("re-signing tick failed; retrying at the next interval")
+            return JOB_FAILED  # counted by the job listener
+        return None
 
     def start(self) -> None:
         if self._scheduler is not None:
@@ -78,6 +83,8 @@ class ResignScheduler:
         scheduler.add_job(
             self._safe_tick, "interval", seconds=self.interval_s, id=JOB_ID, max_instances=1, coalesce=True
         )
+        if self._jobs is not None:
+            self._jobs.attach(scheduler)
         scheduler.start()
         self._scheduler = scheduler
         log.info("re-signing metadata and desired states every %.0f s", self.interval_s)

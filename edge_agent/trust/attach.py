@@ -32,6 +32,7 @@ from edge_agent.errors import AgentError
 from edge_agent.fetcher import Fetcher, SyncChannels
 from edge_agent.logs import Log
 from edge_agent.trust.channel import SignedUpdateChannel
+from edge_agent.trust.commands import CommandChannel, CommandSeqFile
 from edge_agent.trust.errors import NotProvisionedError, TrustError
 from edge_agent.trust.lazy import LazyRepository
 from edge_agent.trust.state import TrustStateFile
@@ -72,6 +73,8 @@ class Trust:
     channel: SignedUpdateChannel
     verifier: TrustVerifier
     firmware: FirmwareService | None = None
+    # Signed commands (the cmd topic), checked against the same director keys as desired states.
+    commands: CommandChannel | None = None
     _retried: set[str] = field(default_factory=set)
 
     def wire(self, submit: Callable[[bytes], None], report: FirmwareReporter, logger: Log) -> None:
@@ -178,7 +181,14 @@ def attach_trust(
         max_desired_bytes=t.max_desired_bytes,
         logger=logger,
     )
-    trust = Trust(channel=channel, verifier=TrustVerifier(channel))
+    commands = CommandChannel(
+        repository.director_keys,
+        CommandSeqFile(folder / "commands.json"),
+        device_id=config.device_id,
+        fleet=config.fleet,
+        wall_ms=clock.wall_ms,
+    )
+    trust = Trust(channel=channel, verifier=TrustVerifier(channel), commands=commands)
     fw = config.firmware
     if fw.enabled:
         from edge_agent.firmware.manager import FirmwareManager

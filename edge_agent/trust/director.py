@@ -9,7 +9,7 @@ payload is read before the signatures verify.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,11 +23,11 @@ from edge_agent.trust.errors import (
     UnsignedDesiredError,
     WrongDeviceError,
 )
-from edgefleet_proto.v1 import desired_pb2
+from edgefleet_proto.v1 import common_pb2, desired_pb2
 
 if TYPE_CHECKING:
     # securesystemslib pulls in cryptography (several MiB resident): an agent imports it when it
-    # first checks a signature (_count_valid), not at start. See edge_agent.trust.lazy.
+    # first checks a signature (count_valid), not at start. See edge_agent.trust.lazy.
     from securesystemslib.signer import Key
     from tuf.api.metadata import Root
 
@@ -36,6 +36,7 @@ __all__ = [
     "DirectorKeys",
     "DirectorMark",
     "UnknownDirectorKeyError",
+    "count_valid",
     "verify_signed_desired",
 ]
 
@@ -79,19 +80,25 @@ class DirectorMark:
     payload_sha256: str = ""
 
 
-def _count_valid(envelope: desired_pb2.SignedDesiredState, keys: DirectorKeys) -> tuple[int, list[str]]:
+def count_valid(
+    payload: bytes, signatures: Iterable[common_pb2.Signature], keys: DirectorKeys
+) -> tuple[int, list[str]]:
+    """How many distinct director keys signed ``payload``, and the key ids the root does not name.
+
+    Shared by every envelope the director signs (desired states, commands).
+    """
     from securesystemslib.exceptions import UnverifiedSignatureError
     from securesystemslib.signer import Signature
 
     valid: set[str] = set()
     unknown: list[str] = []
-    for sig in envelope.signatures:
+    for sig in signatures:
         key = keys.keys.get(sig.keyid)
         if key is None:
             unknown.append(sig.keyid)
             continue
         try:
-            key.verify_signature(Signature(sig.keyid, sig.sig.hex()), envelope.payload)
+            key.verify_signature(Signature(sig.keyid, sig.sig.hex()), payload)
         except UnverifiedSignatureError:
             continue
         valid.add(sig.keyid)
@@ -123,7 +130,7 @@ def verify_signed_desired(
         raise UnsignedDesiredError(
             "desired state carries no director signature: unsigned instructions are refused"
         )
-    valid, unknown = _count_valid(envelope, keys)
+    valid, unknown = count_valid(envelope.payload, envelope.signatures, keys)
     if valid < keys.threshold:
         if unknown and len(unknown) == len(envelope.signatures):
             raise UnknownDirectorKeyError(

@@ -11,12 +11,18 @@ from __future__ import annotations
 from edge_agent.errors import AgentError, DesiredRejectedError, DownloadError, VerifyError
 
 __all__ = [
+    "CommandExpiredError",
+    "CommandRejectedError",
+    "CommandReplayError",
+    "CommandSignatureError",
+    "CommandWrongDeviceError",
     "DesiredExpiredError",
     "DesiredReplayError",
     "DesiredSignatureError",
     "DirectorRejectedError",
     "HostileTargetError",
     "IncompatibleFirmwareError",
+    "MalformedCommandError",
     "MetadataDownloadError",
     "MetadataError",
     "MetadataExpiredError",
@@ -27,6 +33,7 @@ __all__ = [
     "RepositoryMismatchError",
     "TrustError",
     "TrustStateError",
+    "UnsignedCommandError",
     "UnsignedDesiredError",
     "WrongDeviceError",
 ]
@@ -115,6 +122,42 @@ class DesiredExpiredError(DirectorRejectedError):
 
 
 class WrongDeviceError(DirectorRejectedError):
+    code = "other_device"
+
+
+# -- the director's signed commands ------------------------------------------------------------
+# The codes match the desired state's, so the hub counts refusals of both channels alike.
+
+
+class CommandRejectedError(TrustError):
+    """A command that the director did not sign for this device, now, and for the first time."""
+
+    code = "command"
+
+
+class UnsignedCommandError(CommandRejectedError):
+    code = "unsigned"
+
+
+class MalformedCommandError(CommandRejectedError):
+    """Too large, or not a protobuf of the expected kind."""
+
+    code = "malformed"
+
+
+class CommandSignatureError(CommandRejectedError):
+    code = "bad_signature"
+
+
+class CommandReplayError(CommandRejectedError):
+    code = "replayed"
+
+
+class CommandExpiredError(CommandRejectedError):
+    code = "expired"
+
+
+class CommandWrongDeviceError(CommandRejectedError):
     code = "other_device"
 
 

@@ -98,6 +98,8 @@ class LazyRepository:
                     device_id=c.device_id,
                     tls=c.hub.grpc_tls,
                     ca_file=c.hub.ca_file,
+                    cert_file=c.hub.cert_file,
+                    key_file=c.hub.key_file,
                     http_base=t.http_url or None,
                     timeout_s=t.metadata_timeout_s,
                 )

@@ -67,6 +67,8 @@ class TufTransport(FetcherInterface):
         device_id: str,
         tls: bool = False,
         ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
         http_base: str | None = None,
         timeout_s: float = 30.0,
     ) -> None:
@@ -75,6 +77,9 @@ class TufTransport(FetcherInterface):
         self._device_id = device_id
         self._tls = tls
         self._ca_file = ca_file
+        # The device's certificate: target downloads over gRPC need an identity (mTLS).
+        self._cert_file = cert_file
+        self._key_file = key_file
         self._http_base = http_base.rstrip("/") if http_base else None
         self._http = Urllib3Fetcher() if http_base else None
         self._timeout = timeout_s
@@ -83,7 +88,13 @@ class TufTransport(FetcherInterface):
 
     def _stub(self) -> artifact_pb2_grpc.ArtifactServiceStub:
         try:
-            channel = self._channels.get(self._endpoint, tls=self._tls, ca_file=self._ca_file)
+            channel = self._channels.get(
+                self._endpoint,
+                tls=self._tls,
+                ca_file=self._ca_file,
+                cert_file=self._cert_file,
+                key_file=self._key_file,
+            )
         except DownloadError as e:  # the TUF client understands only its own error family
             raise tuf_errors.DownloadError(str(e)) from e
         return artifact_pb2_grpc.ArtifactServiceStub(channel)

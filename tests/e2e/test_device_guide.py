@@ -17,10 +17,9 @@ only a real board has taken out, so that the rest runs as written:
 
 The config the guide writes names a TLS broker and a hub by example host names: the test keeps
 every other key and points those (and the fleet) at the real broker of the ``mqtt_broker``
-fixture and a real hub, with TLS off since the test broker speaks plain MQTT. The broker-side
-step (mosquitto_passwd) is not marked: it runs on the broker host. The files the broker admin
-hands over (``mqtt.password``, ``ca.pem``) are written by the test; blocks marked ``hub`` run
-the `fleet` CLI against the hub.
+fixture and a real hub, with TLS off (and so no client certificate) since the test broker speaks
+plain MQTT; tests/integration/identity/ runs a provisioned agent over certificates. Blocks marked
+``hub`` run the `fleet` CLI against the hub: ``fleet devices provision`` writes the device's bundle.
 """
 
 from __future__ import annotations
@@ -49,6 +48,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "agent.md"
+# What `fleet devices provision` writes and the guide installs in /etc/edgefleet.
+BUNDLE = ("agent.toml", "client.crt", "client.key", "ca.crt", "root.json")
 UNIT_NAME = "edgefleet-agent.service"
 _SYSTEM_PATH = re.compile(r"(?<![\w./-])/(?=(?:opt|etc|var/lib)(?:/|\b))")
 
@@ -210,17 +211,29 @@ def point_at_test_services(device: Device, hub: Hub, broker: tuple[str, int]) ->
     path = device.path("/etc/edgefleet/agent.toml")
     guide = tomllib.loads(path.read_text(encoding="utf-8"))
     # The guide's own promises about the config.
-    assert guide["device_id"] == guide["mqtt"]["username"], "the broker account is named after the device"
-    assert guide["mqtt"]["password_file"] == device.under_root("/etc/edgefleet/mqtt.password")
+    for table in ("mqtt", "hub"):
+        assert guide[table]["cert_file"] == device.under_root("/etc/edgefleet/client.crt")
+        assert guide[table]["key_file"] == device.under_root("/etc/edgefleet/client.key")
+        assert guide[table]["ca_file"] == device.under_root("/etc/edgefleet/ca.crt")
     assert guide["trust"]["root_file"] == device.under_root("/etc/edgefleet/root.json")
     assert "firmware" not in guide, "the guide's config must not turn firmware slots on"
-    for key in ("agent.toml", "mqtt.password", "ca.pem", "root.json"):
+    for key in BUNDLE:
         assert device.path(f"/etc/edgefleet/{key}").is_file(), f"the guide did not install {key}"
     host, port = broker
     pointed = dict(guide)
     pointed["fleet"] = hub.settings.fleet
-    pointed["mqtt"] = {**guide["mqtt"], "host": host, "port": port, "tls": False}
-    pointed["hub"] = {**guide["hub"], "grpc_endpoint": hub.grpc_endpoint}
+    plain = ("ca_file", "cert_file", "key_file")  # TLS only: the test broker and hub speak plaintext
+    pointed["mqtt"] = {
+        **{k: v for k, v in guide["mqtt"].items() if k not in plain},
+        "host": host,
+        "port": port,
+        "tls": False,
+    }
+    pointed["hub"] = {
+        **{k: v for k, v in guide["hub"].items() if k not in plain},
+        "grpc_endpoint": hub.grpc_endpoint,
+        "grpc_tls": False,
+    }
     pointed["trust"] = {**guide["trust"], "http_url": f"{hub.api_url}/tuf"}
     path.write_text(to_toml(pointed), encoding="utf-8")
     return guide
@@ -246,9 +259,6 @@ def device(short_tmp: Path, hub: Hub) -> Iterator[Device]:
         (root / folder).mkdir(parents=True)
     work.mkdir()
     (work / "deploy").symlink_to(REPO / "deploy")  # "from a clone of this repository"
-    # What the broker admin hands over (step 2): a password and the broker's CA (unused: TLS is off here).
-    (work / "mqtt.password").write_text("device-password\n", encoding="utf-8")
-    (work / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(EDGEFLEET_HUB_URL=hub.api_url, EDGEFLEET_TOKEN=hub.admin_token)
@@ -293,7 +303,7 @@ def test_device_guide_brings_a_device_online_with_its_labels(
     for block in blocks:
         for command in shell_commands(block.text):
             if "hub" in block.flags:
-                if command.startswith("fleet devices"):
+                if command.startswith(("fleet devices ls", "fleet devices show")):
                     assert guide_config is not None
                     wanted = guide_config["device_id"]
 
@@ -304,7 +314,7 @@ def test_device_guide_brings_a_device_online_with_its_labels(
 
                     poll(f"{wanted} online at the hub", online, deadline_s=60, every_s=1)
                 done = device.run(command)
-                if command.startswith("fleet devices"):
+                if command.startswith(("fleet devices ls", "fleet devices show")):
                     assert guide_config is not None and guide_config["device_id"] in done.stdout
                 continue
             rewritten = on_device(device, command)
@@ -316,7 +326,7 @@ def test_device_guide_brings_a_device_online_with_its_labels(
     assert guide_config is not None and device.agent is not None, "the guide never started the service"
     # Who owns what: the credentials are root:edgefleet 0640, the state folder the agent's own.
     owners = {operand: (owner, group, mode) for owner, group, mode, ops in device.installs for operand in ops}
-    for name in ("agent.toml", "mqtt.password", "ca.pem", "root.json"):
+    for name in BUNDLE:
         assert owners[name] == ("root", "edgefleet", "0640"), (name, owners[name])
         assert device.path(f"/etc/edgefleet/{name}").stat().st_mode & 0o777 == 0o640
     assert owners["/etc/edgefleet"] == ("root", "edgefleet", "0750")

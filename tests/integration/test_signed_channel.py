@@ -17,7 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import Updater
+from tuf.ngclient.fetcher import FetcherInterface
 
 from cloud.cli.common import Output
 from cloud.cli.keys import init as keys_init
@@ -60,25 +62,42 @@ def push_model(hub: Hub) -> tuple[bytes, dict[str, object]]:
         return data, row.json()
 
 
+class TokenFetcher(FetcherInterface):
+    """python-tuf's fetcher over httpx, with an API token: targets are not public, metadata is."""
+
+    def __init__(self, token: str | None) -> None:
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        r = httpx.get(url, headers=self._headers)
+        if r.status_code != 200:
+            raise tuf_errors.DownloadHTTPError(f"{url}: {r.status_code}", r.status_code)
+        return iter([r.content])
+
+
 def test_a_stock_tuf_client_verifies_the_hub_repository(hub: Hub, tmp_path: Path) -> None:
-    data, _ = push_model(hub)
+    data, _ = push_model(hub)  # published as a target by the time the push answers: no sync here
     sha = hashlib.sha256(data).hexdigest()
-    assert hub.context is not None and hub.context.signing is not None
-    hub.context.signing.sync_targets()
-    folder = tmp_path / "stock"
-    folder.mkdir()
     root = httpx.get(f"{hub.api_url}/tuf/metadata/1.root.json").content
-    updater = Updater(
-        str(folder),
-        f"{hub.api_url}/tuf/metadata/",
-        str(folder),
-        f"{hub.api_url}/tuf/targets/",
-        bootstrap=root,
-    )
-    updater.refresh()
-    info = updater.get_targetinfo(f"models/m/1/{sha}.onnx")
-    assert info is not None and info.custom["kind"] == "model"
-    assert Path(updater.download_target(info)).read_bytes() == data
+    for token in (None, hub.admin_token):
+        folder = tmp_path / ("with-token" if token else "anonymous")
+        folder.mkdir()
+        updater = Updater(
+            str(folder),
+            f"{hub.api_url}/tuf/metadata/",
+            str(folder),
+            f"{hub.api_url}/tuf/targets/",
+            fetcher=TokenFetcher(token),
+            bootstrap=root,
+        )
+        updater.refresh()  # metadata needs no token
+        info = updater.get_targetinfo(f"models/m/1/{sha}.onnx")
+        assert info is not None and info.custom["kind"] == "model"
+        if token is None:
+            with pytest.raises(tuf_errors.DownloadHTTPError, match="401"):
+                updater.download_target(info)
+        else:
+            assert Path(updater.download_target(info)).read_bytes() == data
 
 
 def _free_port() -> int:

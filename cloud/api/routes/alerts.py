@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response, status
+from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from cloud.alerts import receivers, rules, views
@@ -30,8 +30,10 @@ from cloud.api.schemas.alerts import (
     AlertsPublic,
     AlertTransitionPublic,
 )
+from cloud.api.schemas.base import MAX_ROW_ID
 from cloud.db import read_session_factory
 from cloud.errors import InvalidInputError, TooLargeError
+from cloud.observability.collectors import Forward, RolloutStateCollector
 from cloud.services import cohorts
 from cloud.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from cloud.telemetry.tables import FLEET_SCOPE
@@ -43,6 +45,7 @@ metrics_router = APIRouter(tags=["metrics"])
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many")]
 Cursor = Annotated[str | None, Query(description="the next_cursor of the previous page")]
+AlertId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 # A rules file is a page or two of text.
 MAX_RULES_BYTES = 256 * 1024
 # YAML is a superset of JSON, so one parser reads every one of these.
@@ -93,7 +96,7 @@ def list_alerts(
     state: Annotated[AlertState | None, Query(description="only alerts in this state")] = None,
     cohort: Annotated[str | None, Query(description="only alerts of this cohort (by name)")] = None,
     cohort_id: Annotated[
-        int | None, Query(ge=0, description="only alerts of this cohort id (0: the fleet)")
+        int | None, Query(ge=0, le=MAX_ROW_ID, description="only alerts of this cohort id (0: the fleet)")
     ] = None,
     rule: Annotated[str | None, Query(description="only alerts of this rule (by name)")] = None,
     limit: Limit = DEFAULT_LIMIT,
@@ -117,7 +120,9 @@ def list_alerts(
 
 
 @router.get("/alerts/{alert_id}", tags=["alerts"], responses={404: {"description": "no such alert"}})
-def get_alert(alert_id: int, ctx: ContextDep, session: SessionDep, _token: ViewerDep) -> AlertDetailPublic:
+def get_alert(
+    alert_id: AlertId, ctx: ContextDep, session: SessionDep, _token: ViewerDep
+) -> AlertDetailPublic:
     """One alert with every transition it went through and the delivery of each notification."""
     detail = views.get_alert(session, ctx.settings.fleet, alert_id)
     history = [
@@ -203,6 +208,19 @@ def create_rule(
     return _rule(rules.create_rule(session, fleet=ctx.settings.fleet, spec=spec, clock=ctx.clock))
 
 
+_RULES_DOCUMENT: dict[str, Any] = {
+    "anyOf": [
+        {"type": "array", "items": {"type": "object"}},
+        {
+            "type": "object",
+            "required": ["rules"],
+            "properties": {"rules": {"type": "array", "items": {"type": "object"}}},
+        },
+        {"type": "null"},
+    ]
+}
+
+
 async def _read_rules(request: Request) -> bytes:
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype not in _RULES_TYPES:
@@ -224,7 +242,9 @@ async def _read_rules(request: Request) -> bytes:
         "requestBody": {
             "required": True,
             "description": "A rules file: a list of rules, or a mapping with a `rules` list (YAML or JSON).",
-            "content": {t: {"schema": {"type": "string"}} for t in ("application/yaml", "application/json")},
+            # YAML (or JSON) text that holds the rules document: a list of rules, or a mapping with a
+            # `rules` list (null: no rules). Each rule is checked by the rule model, and 422 lists why.
+            "content": {t: {"schema": _RULES_DOCUMENT} for t in ("application/yaml", "application/json")},
         }
     },
     responses={422: {"description": "a rule is invalid: nothing was stored; every problem is listed"}},
@@ -242,7 +262,15 @@ def get_rule(name: str, ctx: ContextDep, session: SessionDep, _token: ViewerDep)
     return _rule(rules.get_rule(session, ctx.settings.fleet, name))
 
 
-@router.put("/alert-rules/{name}", tags=["alert rules"], responses={422: {"description": "invalid rule"}})
+@router.put(
+    "/alert-rules/{name}",
+    tags=["alert rules"],
+    responses={
+        200: {"description": "the rule was replaced"},
+        201: {"model": AlertRulePublic, "description": "the rule was created"},
+        422: {"description": "invalid rule"},
+    },
+)
 def put_rule(
     name: str,
     body: Annotated[dict[str, Any], _RULE_BODY],
@@ -360,11 +388,17 @@ def delete_receiver(name: str, ctx: ContextDep, session: SessionDep, _token: Ope
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
 )
 def metrics(ctx: ContextDep, _token: ViewerDep) -> Response:
-    """Latest cohort metrics, firing alerts and webhook deliveries, for Prometheus (a viewer token)."""
+    """Cohort metrics, alerts, rollout states, ingest, API and scheduler figures, for Prometheus (viewer).
+
+    See docs/operations.md for every metric and what to do when its alert fires.
+    """
     registry = CollectorRegistry(auto_describe=False)
+    reads = read_session_factory(ctx.engine)
+    registry.register(RolloutStateCollector(reads, fleet=ctx.settings.fleet))
+    registry.register(Forward(ctx.metrics.collect))  # this process's counters and histograms
     registry.register(
         HubCollector(
-            read_session_factory(ctx.engine),
+            reads,
             fleet=ctx.settings.fleet,
             now=ctx.clock(),
             bucket_s=ctx.settings.rollup_bucket_s,

@@ -8,17 +8,21 @@ from fastapi import APIRouter, Query
 from sqlmodel import col
 
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from cloud.api.schemas.base import IsoDateTime
 from cloud.api.schemas.cohorts import DeviceLabelsPatch, DeviceLabelsPublic, DeviceLabelsReplace
 from cloud.api.schemas.fleet import (
     DeviceDetailPublic,
     DeviceEventPublic,
     DeviceEventsPublic,
     DevicesPublic,
+    FleetSummaryPublic,
     TelemetryWindowPublic,
     TelemetryWindowsPublic,
+    VersionCountPublic,
 )
 from cloud.models import Device, DeviceState
-from cloud.services import devices, labels, lookup
+from cloud.services import cohorts, devices, labels, lookup, telemetry_series
+from cloud.services.devices import HealthKind
 from cloud.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -26,7 +30,7 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 Limit = Annotated[int, Query(ge=1, le=1000, description="newest first, at most this many")]
 
 
-@router.get("")
+@router.get("", responses={404: {"description": "the cohort is not known in this fleet"}})
 def list_devices(
     *,
     ctx: ContextDep,
@@ -40,8 +44,20 @@ def list_devices(
             "comma-separate or repeat to require several"
         ),
     ] = None,
+    cohort: Annotated[str | None, Query(description="only members of this cohort of the fleet")] = None,
     model: Annotated[str | None, Query(description="name of the active model")] = None,
     version: Annotated[str | None, Query(description="version of the active model")] = None,
+    health: Annotated[
+        HealthKind | None,
+        Query(description="kind of the reported health: 'degraded' matches 'degraded: <why>'"),
+    ] = None,
+    seen_after: Annotated[
+        IsoDateTime | None,
+        Query(description="last heard from at or after this instant (ISO 8601 with offset)"),
+    ] = None,
+    seen_before: Annotated[
+        IsoDateTime | None, Query(description="last heard from before this instant (ISO 8601 with offset)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many, by id")] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(description="the next_cursor of the previous page")] = None,
 ) -> DevicesPublic:
@@ -54,10 +70,30 @@ def list_devices(
         labels=labels.parse_selector(selector),
         model=model,
         version=version,
+        cohort=cohorts.get_cohort(session, ctx.settings.fleet, cohort) if cohort is not None else None,
+        health=health,
+        seen_after=seen_after,
+        seen_before=seen_before,
         limit=limit,
         cursor=cursor,
     )
     return DevicesPublic(data=page.items, count=len(page.items), next_cursor=page.next_cursor)
+
+
+@router.get("/summary")
+def devices_summary(ctx: ContextDep, session: SessionDep, _token: ViewerDep) -> FleetSummaryPublic:
+    """How many of the fleet's devices are in each state, health, active model version and cohort."""
+    found = devices.fleet_summary(session, ctx.settings.fleet)
+    return FleetSummaryPublic(
+        fleet=ctx.settings.fleet,
+        total=found.total,
+        by_state=found.by_state,
+        by_health=found.by_health,
+        by_version=[
+            VersionCountPublic(name=v.name, version=v.version, count=v.count) for v in found.by_version
+        ],
+        by_cohort=found.by_cohort,
+    )
 
 
 def _in_fleet(ctx: ContextDep, session: SessionDep, device_id: str) -> str:
@@ -90,9 +126,21 @@ def device_events(
 
 @router.get("/{device_id}/telemetry")
 def device_telemetry(
-    device_id: str, ctx: ContextDep, session: SessionDep, _token: ViewerDep, limit: Limit = 50
+    device_id: str,
+    *,
+    ctx: ContextDep,
+    session: SessionDep,
+    _token: ViewerDep,
+    limit: Limit = 50,
+    since: Annotated[
+        IsoDateTime | None,
+        Query(description="windows ending at or after this instant (ISO 8601 with offset)"),
+    ] = None,
+    until: Annotated[IsoDateTime | None, Query(description="windows ending before this instant")] = None,
 ) -> TelemetryWindowsPublic:
-    rows = devices.recent_telemetry(session, _in_fleet(ctx, session, device_id), limit)
+    """The device's telemetry windows, newest first: its series over time for charts."""
+    found = _in_fleet(ctx, session, device_id)
+    rows = telemetry_series.device_windows(session, found, limit=limit, since=since, until=until)
     return TelemetryWindowsPublic(
         data=[TelemetryWindowPublic.model_validate(r) for r in rows], count=len(rows)
     )

@@ -39,11 +39,13 @@ def list_experiments(
     session: SessionDep,
     _token: ViewerDep,
     name: Annotated[str | None, Query(description="only runs of this model")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000, description="newest first, at most this many")] = 100,
+    cursor: Annotated[str | None, Query(description="the next_cursor of the previous page")] = None,
 ) -> ExperimentsPublic:
-    """Training runs, newest first."""
-    rows = experiments.list_experiments(session, name=name, limit=limit)
-    return ExperimentsPublic(data=[ExperimentPublic.model_validate(r) for r in rows], count=len(rows))
+    """Training runs, newest first, a page at a time (follow ``next_cursor``)."""
+    page = experiments.page_experiments(session, name=name, limit=limit, cursor=cursor)
+    rows = [ExperimentPublic.model_validate(r) for r in page.items]
+    return ExperimentsPublic(data=rows, count=len(rows), next_cursor=page.next_cursor)
 
 
 @router.get("/{run_id}", responses={409: {"description": "the run id prefix is ambiguous"}})

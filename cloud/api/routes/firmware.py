@@ -20,6 +20,7 @@ from cloud.artifacts import ArtifactInfo
 from cloud.context import HubContext
 from cloud.models import FirmwareImage
 from cloud.services import firmware
+from cloud.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from cloud.services.signing import Signing
 
 router = APIRouter(prefix="/firmware", tags=["firmware"])
@@ -60,10 +61,16 @@ async def upload_firmware(
 
 @router.get("")
 def list_firmware(
-    session: SessionDep, _token: ViewerDep, name: Annotated[str | None, Query()] = None
+    session: SessionDep,
+    _token: ViewerDep,
+    name: Annotated[str | None, Query(description="only images of this firmware")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many")] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(description="the next_cursor of the previous page")] = None,
 ) -> FirmwareListPublic:
-    rows = firmware.list_firmware(session, name)
-    return FirmwareListPublic(data=[FirmwarePublic.model_validate(r) for r in rows], count=len(rows))
+    """Firmware images (full and delta) by name, oldest first, a page at a time (follow ``next_cursor``)."""
+    page = firmware.page_firmware(session, name, limit=limit, cursor=cursor)
+    rows = [FirmwarePublic.model_validate(r) for r in page.items]
+    return FirmwareListPublic(data=rows, count=len(rows), next_cursor=page.next_cursor)
 
 
 @router.post("/assignments")

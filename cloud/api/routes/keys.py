@@ -7,19 +7,22 @@ and the hub publishes the root once both thresholds (previous and new root) hold
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Path, status
 from securesystemslib.signer import Key
 
-from cloud.api.deps import AdminDep
+from cloud.api.deps import AdminDep, ContextDep
 from cloud.api.routes.tuf import SigningDep
+from cloud.api.schemas.base import MAX_ROW_ID
 from cloud.api.schemas.signing import KeysPublic, RoleKeysPublic, RotationCreate, RotationPublic, SignaturesIn
 from cloud.errors import InvalidInputError
+from cloud.services.rotation_limit import check_rotation_rate
 from cloud.tuf.rotation import Rotation
 
 router = APIRouter(prefix="/keys", tags=["keys"])
+RotationId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
 
 def rotation_public(r: Rotation) -> RotationPublic:
@@ -56,9 +59,18 @@ async def keys_status(signing: SigningDep, _token: AdminDep) -> KeysPublic:
     return await anyio.to_thread.run_sync(read)
 
 
-@router.post("/rotations", status_code=status.HTTP_201_CREATED)
-async def propose_rotation(body: RotationCreate, signing: SigningDep, _token: AdminDep) -> RotationPublic:
-    """Prepare a new root version that rotates ``role``'s keys (published at once if the hub can sign it)."""
+@router.post(
+    "/rotations",
+    status_code=status.HTTP_201_CREATED,
+    responses={429: {"description": "more rotations than EDGEFLEET_KEY_ROTATIONS_PER_HOUR allows"}},
+)
+async def propose_rotation(
+    body: RotationCreate, ctx: ContextDep, signing: SigningDep, _token: AdminDep
+) -> RotationPublic:
+    """Prepare a new root version that rotates ``role``'s keys (published at once if the hub can sign it).
+
+    At most ``EDGEFLEET_KEY_ROTATIONS_PER_HOUR`` in any hour; past it the answer is 429 with Retry-After.
+    """
     keys = None
     if body.root_keys is not None:
         try:
@@ -67,20 +79,23 @@ async def propose_rotation(body: RotationCreate, signing: SigningDep, _token: Ad
             raise InvalidInputError(
                 f"invalid root key: expected securesystemslib key dicts with a keyid ({e})"
             ) from e
-    rotation = await anyio.to_thread.run_sync(
-        lambda: signing.rotations.propose(body.role, root_keys=keys, threshold=body.threshold)
-    )
-    return rotation_public(rotation)
+
+    def propose() -> Rotation:
+        with ctx.sessions() as session:
+            check_rotation_rate(session, limit=ctx.settings.key_rotations_per_hour, now=signing.repo.now())
+        return signing.rotations.propose(body.role, root_keys=keys, threshold=body.threshold)
+
+    return rotation_public(await anyio.to_thread.run_sync(propose))
 
 
 @router.get("/rotations/{rotation_id}")
-async def get_rotation(rotation_id: int, signing: SigningDep, _token: AdminDep) -> RotationPublic:
+async def get_rotation(rotation_id: RotationId, signing: SigningDep, _token: AdminDep) -> RotationPublic:
     return rotation_public(await anyio.to_thread.run_sync(signing.rotations.get, rotation_id))
 
 
 @router.post("/rotations/{rotation_id}/signatures")
 async def sign_rotation(
-    rotation_id: int, body: SignaturesIn, signing: SigningDep, _token: AdminDep
+    rotation_id: RotationId, body: SignaturesIn, signing: SigningDep, _token: AdminDep
 ) -> RotationPublic:
     """Add root-key signatures; the root is published once both thresholds hold."""
     rotation = await anyio.to_thread.run_sync(signing.rotations.add_signatures, rotation_id, body.signatures)

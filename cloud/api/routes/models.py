@@ -10,13 +10,16 @@ from fastapi import APIRouter, Query, Request, status
 from sqlmodel import col
 
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
-from cloud.api.schemas.fleet import ModelVersionPublic, ModelVersionsPublic
+from cloud.api.schemas.fleet import ExperimentPublic, ModelVersionPublic, ModelVersionsPublic, VariantPublic
+from cloud.api.schemas.lineage import ModelLineagePublic, TrainingRunRefPublic
 from cloud.api.upload import receive_upload
 from cloud.artifacts import ArtifactInfo
 from cloud.context import HubContext
 from cloud.errors import InvalidInputError
 from cloud.models import ModelVersion
-from cloud.services import lookup, registry
+from cloud.services import lineage, lookup, registry
+from cloud.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from cloud.services.signing import publish_registered
 from cloud.validation import MODEL_NAME_PATTERN, VERSION_PATTERN, check_model_name, check_version
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -65,7 +68,7 @@ def _check_fields(fields: Mapping[str, str], *, complete: bool) -> None:
 
 def _register(ctx: HubContext, fields: Mapping[str, str], info: ArtifactInfo) -> ModelVersion:
     with ctx.sessions() as session:
-        return registry.register_stored(
+        row = registry.register_stored(
             session,
             ctx.store,
             fields["name"],
@@ -74,6 +77,8 @@ def _register(ctx: HubContext, fields: Mapping[str, str], info: ArtifactInfo) ->
             fmt=fields.get("format", "onnx"),
             clock=ctx.clock,
         )
+    publish_registered(ctx.signing)  # the new version is a signed target when the answer comes
+    return row
 
 
 @router.post(
@@ -115,15 +120,49 @@ def list_models(
     session: SessionDep,
     _token: ViewerDep,
     name: Annotated[str | None, Query(description="only versions of this model")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many")] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(description="the next_cursor of the previous page")] = None,
 ) -> ModelVersionsPublic:
-    rows = registry.list_models(session, name)
-    return ModelVersionsPublic(data=[ModelVersionPublic.model_validate(r) for r in rows], count=len(rows))
+    """Model versions by name, oldest first, a page at a time (follow ``next_cursor``)."""
+    page = registry.page_models(session, name, limit=limit, cursor=cursor)
+    rows = [ModelVersionPublic.model_validate(r) for r in page.items]
+    return ModelVersionsPublic(data=rows, count=len(rows), next_cursor=page.next_cursor)
 
 
 @router.get("/{name}/{version}", responses={409: {"description": "the version prefix is ambiguous"}})
 def get_model(name: str, version: str, session: SessionDep, _token: ViewerDep) -> ModelVersionPublic:
     """One version, named in full or by a unique prefix of its version."""
     return ModelVersionPublic.model_validate(resolve_version(session, name, version))
+
+
+@router.get(
+    "/{name}/{version}/lineage",
+    responses={
+        404: {"description": "no such version"},
+        409: {"description": "the version prefix is ambiguous"},
+    },
+)
+def get_lineage(name: str, version: str, session: SessionDep, _token: ViewerDep) -> ModelLineagePublic:
+    """Where the version came from (data set hash, code revision, parent), its metrics and variants."""
+    found = lineage.lineage_of(session, resolve_version(session, name, version))
+    model, experiment, run = found.model, found.experiment, found.training_run
+    assert model.id is not None
+    return ModelLineagePublic(
+        name=model.name,
+        version=model.version,
+        sha256=model.sha256,
+        format=model.format,
+        created_at=model.created_at,
+        dataset_hash=experiment.dataset_hash if experiment else (run.dataset_hash or None) if run else None,
+        code_revision=experiment.code_revision if experiment else None,
+        parent_version=run.champion_version if run else None,
+        children=found.children,
+        experiment=ExperimentPublic.model_validate(experiment) if experiment else None,
+        training_run=TrainingRunRefPublic.model_validate(run, from_attributes=True) if run else None,
+        metrics=found.metrics,
+        variants=[VariantPublic.model_validate(v) for v in found.variants],
+        lineage=found.manifest_lineage,
+    )
 
 
 def resolve_version(session: SessionDep, name: str, version: str) -> ModelVersion:

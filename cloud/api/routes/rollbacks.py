@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from cloud.api.deps import ContextDep, SessionDep, ViewerDep
 from cloud.api.schemas.fleet import RollbackPublic, RollbacksPublic
 from cloud.services import rollbacks
+from cloud.services.pagination import MAX_LIMIT
 
 router = APIRouter(prefix="/rollbacks", tags=["rollbacks"])
 
@@ -22,10 +23,21 @@ def list_rollbacks(
     device: Annotated[str | None, Query(description="only this device")] = None,
     model: Annotated[str | None, Query(description="only this model name")] = None,
     version: Annotated[str | None, Query(description="only this model version")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="newest first, at most this many")] = 100,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="newest first, at most this many")] = 100,
+    cursor: Annotated[str | None, Query(description="the next_cursor of the previous page")] = None,
 ) -> RollbacksPublic:
-    """Rollbacks devices reported (ROLLED_BACK events): the failed gate, the reason and the figures."""
-    rows = rollbacks.list_rollbacks(
-        session, fleet=ctx.settings.fleet, device_id=device, model_name=model, version=version, limit=limit
+    """Rollbacks devices reported (ROLLED_BACK events): the failed gate, the reason and the figures.
+
+    Newest first, a page at a time: ``next_cursor`` continues with older ones.
+    """
+    page = rollbacks.page_rollbacks(
+        session,
+        fleet=ctx.settings.fleet,
+        device_id=device,
+        model_name=model,
+        version=version,
+        limit=limit,
+        cursor=cursor,
     )
-    return RollbacksPublic(data=[RollbackPublic.model_validate(r) for r in rows], count=len(rows))
+    rows = [RollbackPublic.model_validate(r) for r in page.items]
+    return RollbacksPublic(data=rows, count=len(rows), next_cursor=page.next_cursor)

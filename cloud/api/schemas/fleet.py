@@ -45,6 +45,9 @@ class ModelVersionPublic(_Public):
 class ModelVersionsPublic(BaseModel):
     data: list[ModelVersionPublic]
     count: int
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last page"
+    )
 
 
 # --- experiments, bundles and variants -----------------------------------------------------
@@ -114,6 +117,9 @@ class ExperimentDetailPublic(ExperimentPublic):
 class ExperimentsPublic(BaseModel):
     data: list[ExperimentPublic]
     count: int
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last page"
+    )
 
 
 class VariantPublic(_Public):
@@ -256,6 +262,9 @@ class TelemetryWindowPublic(_Public):
     p99_ms: float
     mean_ms: float
     max_ms: float
+    cpu_percent: float | None = Field(default=None, description="the agent's CPU use; null: not reported")
+    rss_bytes: int | None = Field(default=None, description="the agent's resident memory; null: not reported")
+    peak_rss_bytes: int | None = Field(default=None, description="its peak over the window; null: none")
     received_at: datetime
 
 
@@ -283,6 +292,9 @@ class RollbackPublic(_Public):
 class RollbacksPublic(BaseModel):
     data: list[RollbackPublic]
     count: int
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last page"
+    )
 
 
 class DeviceDetailPublic(DevicePublic):
@@ -291,6 +303,53 @@ class DeviceDetailPublic(DevicePublic):
     rollbacks: list[RollbackPublic] = Field(
         default_factory=list, description="versions this device rolled back on its own, newest first"
     )
+
+
+class VersionCountPublic(BaseModel):
+    name: str | None = Field(description="the active model's name; null for devices that run none")
+    version: str | None
+    count: int
+
+
+class FleetSummaryPublic(BaseModel):
+    """The fleet at a glance: how many devices in each state, health, active version and cohort."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "fleet": "default",
+                    "total": 10000,
+                    "by_state": {"online": 9412, "offline": 571, "unknown": 17},
+                    "by_health": {
+                        "serving": 9120,
+                        "idle": 150,
+                        "degraded": 42,
+                        "trial": 100,
+                        "offline": 571,
+                        "unknown": 17,
+                        "other": 0,
+                    },
+                    "by_version": [
+                        {"name": "digits", "version": "1.4.0", "count": 8900},
+                        {"name": "digits", "version": "1.5.0", "count": 1083},
+                        {"name": None, "version": None, "count": 17},
+                    ],
+                    "by_cohort": {"canary": 100, "site-lab": 2500},
+                }
+            ]
+        }
+    )
+
+    fleet: str
+    total: int
+    by_state: dict[str, int] = Field(description="every state, zero included")
+    by_health: dict[str, int] = Field(
+        description="by kind of the reported health text: serving, idle, degraded, trial, offline, "
+        "unknown (none reported yet) and other (text this hub does not know); zero included"
+    )
+    by_version: list[VersionCountPublic] = Field(description="by active model version, most devices first")
+    by_cohort: dict[str, int] = Field(description="members of each of the fleet's cohorts now")
 
 
 # --- assignments --------------------------------------------------------------------------
@@ -346,12 +405,16 @@ class TokenCreate(BaseModel):
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     role: Role
+    expires_in_s: int | None = Field(
+        default=None, ge=1, le=10 * 365 * 86_400, description="seconds until it expires; none: never"
+    )
 
 
 class TokenCreated(BaseModel):
     name: str
     role: Role
     token: str = Field(description="shown once; the hub keeps only its sha256")
+    expires_at: datetime | None = Field(default=None, description="none: valid until revoked")
 
 
 class Health(BaseModel):

@@ -7,6 +7,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cloud.api.schemas.base import RequestBody
+
 
 class RoleKeysPublic(BaseModel):
     role: str
@@ -34,7 +36,7 @@ class KeysPublic(BaseModel):
     root_keys_on_hub: bool = Field(description="true while a development root key lives on the hub")
 
 
-class RotationCreate(BaseModel):
+class RotationCreate(RequestBody):
     role: str = Field(description="root, targets, snapshot, timestamp or director")
     root_keys: list[dict[str, Any]] | None = Field(
         default=None,
@@ -43,7 +45,7 @@ class RotationCreate(BaseModel):
     threshold: int | None = Field(default=None, ge=1, description="for root: how many root keys must sign")
 
 
-class SignaturesIn(BaseModel):
+class SignaturesIn(RequestBody):
     signatures: dict[str, str] = Field(
         description="key id -> signature (hex) over the new root's signed part"
     )
@@ -70,9 +72,12 @@ class FirmwarePublic(BaseModel):
 class FirmwareListPublic(BaseModel):
     data: list[FirmwarePublic]
     count: int
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last page"
+    )
 
 
-class FirmwareAssignmentCreate(BaseModel):
+class FirmwareAssignmentCreate(RequestBody):
     name: str
     version: str
     hardware_id: str | None = None

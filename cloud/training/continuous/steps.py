@@ -22,6 +22,7 @@ from cloud.context import HubContext
 from cloud.db import transaction
 from cloud.errors import HubError
 from cloud.services.bundles import register_bundle_dir
+from cloud.services.signing import publish_registered
 from cloud.training.continuous.champion import Recipe, recipe_of, serving_champion
 from cloud.training.continuous.datasets import (
     FEATURES,
@@ -300,6 +301,7 @@ class RunSteps:
                 register_bundle_dir(session, self.ctx.store, result.bundle_dir, clock=self.ctx.clock)
         except HubError as e:
             raise StepError(f"registering failed: {e}") from e
+        publish_registered(self.ctx.signing)
         remove_bundle(result.bundle_dir)
 
     def _decide(

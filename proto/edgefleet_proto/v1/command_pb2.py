@@ -22,19 +22,22 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from edgefleet_proto.v1 import common_pb2 as edgefleet__proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n edgefleet_proto/v1/command.proto\x12\x0c\x65\x64gefleet.v1\"\x08\n\x06Resync\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\t\"\xaa\x01\n\x07\x43ommand\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12&\n\x06resync\x18\n \x01(\x0b\x32\x14.edgefleet.v1.ResyncH\x00\x12\"\n\x04ping\x18\x0b \x01(\x0b\x32\x12.edgefleet.v1.PingH\x00\x42\x06\n\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n edgefleet_proto/v1/command.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1f\x65\x64gefleet_proto/v1/common.proto\"\x08\n\x06Resync\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\t\"\xb9\x01\n\x07\x43ommand\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12\r\n\x05\x66leet\x18\x05 \x01(\t\x12&\n\x06resync\x18\n \x01(\x0b\x32\x14.edgefleet.v1.ResyncH\x00\x12\"\n\x04ping\x18\x0b \x01(\x0b\x32\x12.edgefleet.v1.PingH\x00\x42\x06\n\x04\x62ody\"M\n\rSignedCommand\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\x12+\n\nsignatures\x18\x02 \x03(\x0b\x32\x17.edgefleet.v1.Signatureb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet_proto.v1.command_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESYNC']._serialized_start=50
-  _globals['_RESYNC']._serialized_end=58
-  _globals['_PING']._serialized_start=60
-  _globals['_PING']._serialized_end=81
-  _globals['_COMMAND']._serialized_start=84
-  _globals['_COMMAND']._serialized_end=254
+  _globals['_RESYNC']._serialized_start=83
+  _globals['_RESYNC']._serialized_end=91
+  _globals['_PING']._serialized_start=93
+  _globals['_PING']._serialized_end=114
+  _globals['_COMMAND']._serialized_start=117
+  _globals['_COMMAND']._serialized_end=302
+  _globals['_SIGNEDCOMMAND']._serialized_start=304
+  _globals['_SIGNEDCOMMAND']._serialized_end=381
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
+from edgefleet_proto.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -52,7 +55,7 @@ Global___Ping: _TypeAlias = Ping  # noqa: Y015
 
 @_typing.final
 class Command(_message.Message):
-    """Published QoS 1 on ef/v1/{fleet}/dev/{device}/cmd."""
+    """Signed by the director inside a SignedCommand (see below)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -60,13 +63,20 @@ class Command(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    FLEET_FIELD_NUMBER: _builtins.int
     RESYNC_FIELD_NUMBER: _builtins.int
     PING_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     seq: _builtins.int
+    """Grows with every command the hub signs for this device; a device refuses a seq that is
+    not above the last one it accepted (a replay).
+    """
     issued_at_ms: _builtins.int
     expires_at_ms: _builtins.int
-    """A command is ignored after this instant (0: never expires)."""
+    """A command is refused after this instant. The director always sets it; a signed command
+    without one is refused.
+    """
+    fleet: _builtins.str
     @_builtins.property
     def resync(self) -> Global___Resync:
         """Re-publish status and re-read the desired state."""
@@ -82,15 +92,44 @@ class Command(_message.Message):
         seq: _builtins.int = ...,
         issued_at_ms: _builtins.int = ...,
         expires_at_ms: _builtins.int = ...,
+        fleet: _builtins.str = ...,
         resync: Global___Resync | None = ...,
         ping: Global___Ping | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "ping", b"ping", "resync", b"resync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "device_id", b"device_id", "expires_at_ms", b"expires_at_ms", "issued_at_ms", b"issued_at_ms", "ping", b"ping", "resync", b"resync", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "device_id", b"device_id", "expires_at_ms", b"expires_at_ms", "fleet", b"fleet", "issued_at_ms", b"issued_at_ms", "ping", b"ping", "resync", b"resync", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["resync", "ping"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class SignedCommand(_message.Message):
+    """What the cmd topic (ef/v1/{fleet}/dev/{device}/cmd, QoS 1) carries: a serialized Command and
+    the director's signatures over exactly those bytes, as SignedDesiredState does for desired
+    states. The director keys are listed in the TUF root the device trusts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
+    command: _builtins.bytes
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Signature]: ...
+    def __init__(
+        self,
+        *,
+        command: _builtins.bytes = ...,
+        signatures: _abc.Iterable[_common_pb2.Signature] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "signatures", b"signatures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedCommand: _TypeAlias = SignedCommand  # noqa: Y015

@@ -76,14 +76,16 @@ def test_the_latency_gate_compares_with_the_previous_version_on_the_same_devices
     world.tick()
     assert world.state(r.id) == "baking"
     world.clock.advance(60)
+    # Both devices slower: a regression of the cohort, not one device's report.
     world.telemetry("d0", NEW, requests=300, errors=3, p95_ms=30.0)
-    world.telemetry("d1", NEW, requests=100, errors=1, p95_ms=10.0)
+    world.telemetry("d1", NEW, requests=100, errors=1, p95_ms=26.0)
     with world.ctx.sessions() as s:
         row = s.get(Rollout, r.id)
         assert row is not None
         figures = stage_figures(s, row, 0, now=world.clock())
     assert (figures.devices, figures.reporting, figures.requests, figures.errors) == (2, 2, 400, 4)
-    assert figures.p95_ms == pytest.approx(25.0)  # weighted by requests: (300*30 + 100*10) / 400
+    # Per device, then combined with no device weighing more than the median one: (30 + 26) / 2.
+    assert figures.p95_ms == pytest.approx(28.0)
     assert figures.baseline_p95_ms == pytest.approx(10.0)
     world.tick()
     assert world.state(r.id) == "rolled_back"

@@ -170,12 +170,15 @@ def test_events_are_numbered_in_order_with_the_device_and_time(tmp_path: Path) -
     ("payload", "reported"),
     [
         (b"\xff\xff", [K.EVENT_KIND_ERROR]),
-        (command_pb2.Command(device_id="dev-2", ping=command_pb2.Ping()).SerializeToString(), []),
+        (
+            command_pb2.Command(device_id="dev-2", ping=command_pb2.Ping()).SerializeToString(),
+            [K.EVENT_KIND_ERROR],
+        ),
         (
             command_pb2.Command(
                 device_id="dev-1", expires_at_ms=1, ping=command_pb2.Ping()
             ).SerializeToString(),
-            [],
+            [K.EVENT_KIND_ERROR],
         ),
         (command_pb2.Command(device_id="dev-1", ping=command_pb2.Ping(nonce="n")).SerializeToString(), []),
     ],

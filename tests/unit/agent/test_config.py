@@ -25,7 +25,10 @@ def test_example_config_loads_with_every_section() -> None:
     assert cfg.fleet == "factory-a"
     assert dict(cfg.labels) == {"site": "plant-3", "line": "7"}
     assert cfg.mqtt.port == 8883 and cfg.mqtt.tls and cfg.mqtt.protocol == "5"
-    assert cfg.mqtt.password_file == Path("/etc/edgefleet/mqtt.password")
+    # The shipped broker knows a device by its certificate, not a password.
+    assert cfg.mqtt.password_file is None and cfg.mqtt.username is None
+    assert cfg.mqtt.cert_file == Path("/etc/edgefleet/client.crt") == cfg.hub.cert_file
+    assert cfg.mqtt.key_file == Path("/etc/edgefleet/client.key") == cfg.hub.key_file
     assert cfg.hub.grpc_endpoint == "hub.example.net:50051" and cfg.hub.grpc_tls
     assert cfg.local_api.socket == Path("/var/lib/edgefleet/agent.sock")
     assert cfg.limits.max_artifact_bytes == 256 * 1024 * 1024

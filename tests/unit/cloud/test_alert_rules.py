@@ -154,7 +154,8 @@ def test_the_deployed_example_is_what_the_example_rules_make() -> None:
     # deploy/prometheus/edgefleet-rules.yml is `fleet alerts prometheus` over docs/examples/alert-rules.yaml.
     assert DEPLOYED.read_text() == render_rules(parse_rules(EXAMPLE.read_text()), fleet="default")
     config = yaml.safe_load((DEPLOYED.parent / "prometheus.yml").read_text())
-    assert config["rule_files"] == [DEPLOYED.name]
+    # The second file watches the hub itself (tests/unit/cloud/test_deploy_observability.py).
+    assert config["rule_files"] == [DEPLOYED.name, "edgefleet-hub-rules.yml"]
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics" and job["authorization"]["type"] == "Bearer"
     assert prometheus_rules([], fleet="x") == {"groups": [{"name": "edgefleet-x", "rules": []}]}

@@ -1,0 +1,1 @@
+"""Device identity: the fleet CA, the certificates it issued, their revocation (CRL)."""

@@ -1,0 +1,1 @@
+"""The hub's metrics (Prometheus), API request timing and structured logs; see docs/operations.md."""

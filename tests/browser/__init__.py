@@ -1,0 +1,1 @@
+"""The web dashboard driven in a real headless Chromium."""
