@@ -3,9 +3,9 @@
     python bench/api.py [--devices 10000] [--cohorts 10] [--requests 500] [--limit 50]
                         [--database-url URL | --no-postgres]
 
-For each database, SQLite (a file in a temporary folder) and PostgreSQL (--database-url, in a
-fresh schema dropped afterwards; without it a private server is started from the PostgreSQL
-binaries the tests use, tests/_services/postgres.py), the benchmark:
+For each database, SQLite (a file in a temporary folder) and PostgreSQL (--database-url, by default
+the local server at postgresql+psycopg://postgres@127.0.0.1:5432/postgres, in a fresh schema dropped
+afterwards), the benchmark:
 
 1. creates the hub's tables and bulk-inserts ``--devices`` devices (their effective labels, a
    desired state each, three model versions, states and health spread as in a running fleet), and
@@ -17,7 +17,7 @@ binaries the tests use, tests/_services/postgres.py), the benchmark:
 3. in the same loop, alternating with the requests, runs bare the SQL the service emits for that
    first page (``devices_page_query``, compiled for the dialect, through the same engine's driver
    connection with ``exec_driver_sql``): the baseline;
-4. times ``GET /api/v1/devices/summary`` after that, and records the query plan of the page.
+4. times ``GET /api/v1/fleet/summary`` after that, and records the query plan of the page.
 
 Targets: the HTTP p99 <= 50 ms on each database. The ratio HTTP p50 / SQL p50 says what the stack
 adds to the query. Wall-clock percentiles follow whatever else the machine runs, so the CPU time the
@@ -283,7 +283,7 @@ def measure(
     sql, params = _bare_page_sql(engine, cohort, limit)
     headers = {"Authorization": f"Bearer {token}"}
     listing = f"/api/v1/devices?cohort={cohort}&limit={limit}"
-    summary_path = "/api/v1/devices/summary"
+    summary_path = "/api/v1/fleet/summary"
     http_ms: list[float] = []
     sql_ms: list[float] = []
     summary_ms: list[float] = []
@@ -364,37 +364,35 @@ def _dashboard_time(base_url: str, token: str) -> dict[str, Any]:
 # --- databases ----------------------------------------------------------------------------------
 
 
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
 @contextlib.contextmanager
 def _postgres(url: str | None) -> Iterator[tuple[str, str]]:
-    """A fresh schema of the PostgreSQL at ``url`` (or of a private server), and what it is."""
+    """A fresh schema of the PostgreSQL at ``url`` (the local server by default), and what it is."""
     import psycopg
 
     from cloud.db import normalize_url
 
-    server = None
-    if url is None:
-        from tests._services.postgres import PostgreSQL
-
-        server = PostgreSQL(dbname="bench")
-        server.start()
-        url, where = server.url, "a private PostgreSQL on 127.0.0.1 (tests/_services/postgres.py)"
-    else:
-        where = make_url(url).render_as_string(hide_password=True)
+    url = url or DEFAULT_POSTGRES
+    where = make_url(url).render_as_string(hide_password=True)
+    url = normalize_url(url)
+    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    schema = f"bench_{secrets.token_hex(6)}"
     try:
-        url = normalize_url(url)
-        libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        schema = f"bench_{secrets.token_hex(6)}"
         with psycopg.connect(libpq, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-            yield scoped.render_as_string(hide_password=False), where
-        finally:
-            with psycopg.connect(libpq, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    except psycopg.OperationalError as e:
+        raise SystemExit(
+            f"bench/api.py: cannot reach PostgreSQL at {where} ({e}); pass --database-url URL, "
+            "or --no-postgres to measure SQLite only"
+        ) from e
+    try:
+        scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield scoped.render_as_string(hide_password=False), where
     finally:
-        if server is not None:
-            server.close()
+        with psycopg.connect(libpq, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def _server_version(engine: Engine) -> str:
@@ -503,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=500, help="timed requests per database (default 500)")
     parser.add_argument("--warmup", type=int, default=50, help="untimed requests first (default 50)")
     parser.add_argument("--limit", type=int, default=50, help="devices per page (default 50)")
-    parser.add_argument("--database-url", help="a PostgreSQL to use (default: start a private one)")
+    parser.add_argument("--database-url", help=f"the PostgreSQL to use (default: {DEFAULT_POSTGRES})")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     parser.add_argument("--timeout", type=float, default=120.0, help="for the API process to start, s")
     args = parser.parse_args(argv)

@@ -55,6 +55,7 @@ def create_app(ctx: HubContext) -> FastAPI:
         api.include_router(module.router)
     for module in (experiments, bundles):  # the optimization pipeline: runs, bundles, variants
         api.include_router(module.router)
+    api.include_router(devices.fleet_router)  # the fleet's device counts for the overview
     api.include_router(cohorts.router)  # named sets of devices, by labels or by list
     api.include_router(rollouts.router)  # staged rollouts over cohorts, judged by gates
     api.include_router(alerts.router)  # alert rules over cohort metrics, alerts, webhook receivers

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
+from cloud.client.auth import AuthClient
+from cloud.client.hub import HubError
 from cloud.dashboard import UI_PATH
 
 __all__ = ["DASHBOARD_TOKEN_NAME", "DASHBOARD_TOKEN_TTL_S", "DashboardLogin", "dashboard_login"]
@@ -30,17 +30,8 @@ class DashboardLogin:
 def dashboard_login(api_url: str, admin_token: str, *, role: str = "operator") -> DashboardLogin:
     """Issue a token with ``role`` through ``POST /api/v1/tokens``; raises RuntimeError when refused."""
     try:
-        response = httpx.post(
-            f"{api_url}/api/v1/tokens",
-            json={"name": DASHBOARD_TOKEN_NAME, "role": role, "expires_in_s": DASHBOARD_TOKEN_TTL_S},
-            headers={"Authorization": f"Bearer {admin_token}"},
-            timeout=10,
-        )
-    except httpx.HTTPError as e:
-        raise RuntimeError(f"cannot reach the hub at {api_url}: {e}") from e
-    if response.status_code != 201:
-        raise RuntimeError(
-            f"expected the hub to issue the dashboard's token (201), got {response.status_code}: "
-            f"{response.text[:300]}"
-        )
-    return DashboardLogin(url=f"{api_url}{UI_PATH}/", token=str(response.json()["token"]), role=role)
+        with AuthClient(api_url, admin_token) as client:
+            issued = client.create_token(DASHBOARD_TOKEN_NAME, role, expires_in_s=DASHBOARD_TOKEN_TTL_S)
+    except HubError as e:
+        raise RuntimeError(f"the hub at {api_url} did not issue the dashboard's token: {e}") from e
+    return DashboardLogin(url=f"{api_url}{UI_PATH}/", token=str(issued["token"]), role=role)

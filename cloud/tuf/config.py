@@ -77,6 +77,16 @@ class TufSettings(BaseSettings):
     def resolved_keys_dir(self, data_dir: Path) -> Path:
         return self.keys_dir if self.keys_dir is not None else data_dir / "keys"
 
+    def check_interval_s(self) -> float:
+        """How often to look for metadata to re-sign: the setting, but never so rarely that a role
+        with a short expiry (``EDGEFLEET_TUF_TIMESTAMP_EXPIRY=20``) expires between two looks. Each
+        role is looked at least twice within the share of its validity left for re-signing."""
+        shortest = min(
+            [self.expiry(role).total_seconds() for role in ("root", "targets", "snapshot", "timestamp")]
+            + [self.director_expiry.total_seconds()]
+        )
+        return max(0.5, min(self.resign_check_interval_s, shortest * self.resign_fraction / 2))
+
     def expiry(self, role: str) -> timedelta:
         return {
             "root": self.root_expiry,

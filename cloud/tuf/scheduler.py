@@ -51,7 +51,7 @@ class ResignScheduler:
         self.director = director
         self._sessions = sessions
         self._publish = publish
-        self.interval_s = interval_s or repo.settings.resign_check_interval_s
+        self.interval_s = interval_s or repo.settings.check_interval_s()
         self._scheduler: BackgroundScheduler | None = None
 
     def tick(self) -> TickResult:

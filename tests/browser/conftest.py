@@ -63,7 +63,9 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API holds an event loop as the main thread's running
+# loop while it is started, and every later test that calls asyncio.run() would fail beside it.
+@pytest.fixture(scope="package")
 def browser(chromium_path: str) -> Iterator[Browser]:
     from playwright.sync_api import sync_playwright
 

@@ -26,6 +26,8 @@ from cloud.services.devices import HealthKind
 from cloud.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 router = APIRouter(prefix="/devices", tags=["devices"])
+# Fleet-wide figures live beside /devices, not under it: any string can be a device id.
+fleet_router = APIRouter(prefix="/fleet", tags=["devices"])
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="newest first, at most this many")]
 
@@ -80,7 +82,7 @@ def list_devices(
     return DevicesPublic(data=page.items, count=len(page.items), next_cursor=page.next_cursor)
 
 
-@router.get("/summary")
+@fleet_router.get("/summary")
 def devices_summary(ctx: ContextDep, session: SessionDep, _token: ViewerDep) -> FleetSummaryPublic:
     """How many of the fleet's devices are in each state, health, active model version and cohort."""
     found = devices.fleet_summary(session, ctx.settings.fleet)

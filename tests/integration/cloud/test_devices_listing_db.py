@@ -149,7 +149,7 @@ def test_summary_counts_cohorts_in_the_database(
     with ctx.sessions() as s:
         cohorts.create_cohort(s, fleet=ctx.settings.fleet, name="lab", selector="site=lab")
         cohorts.create_cohort(s, fleet=ctx.settings.fleet, name="not-lab", selector="site!=lab")
-    body = client.get("/api/v1/devices/summary", headers=viewer).json()
+    body = client.get("/api/v1/fleet/summary", headers=viewer).json()
     assert body["total"] == DEVICES
     assert body["by_state"]["online"] == DEVICES
     assert body["by_cohort"] == {"lab": DEVICES // 3, "not-lab": DEVICES - DEVICES // 3}
@@ -172,7 +172,7 @@ def test_health_kinds_match_exactly_on_the_database(
     assert _page_through(client, viewer, 100, health="degraded") == ["dev-0003"]
     assert _page_through(client, viewer, 100, health="other") == ["dev-0004"]
     assert _page_through(client, viewer, 100, health="trial") == ["dev-0005"]
-    body = client.get("/api/v1/devices/summary", headers=viewer).json()
+    body = client.get("/api/v1/fleet/summary", headers=viewer).json()
     assert body["by_health"] == {
         "serving": DEVICES - 3,
         "idle": 0,

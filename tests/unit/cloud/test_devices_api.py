@@ -21,7 +21,7 @@ from cloud.services import cohorts, devices, labels, tokens
 from tests.unit.cloud.helpers import T0
 
 LIST = "/api/v1/devices"
-SUMMARY = "/api/v1/devices/summary"
+SUMMARY = "/api/v1/fleet/summary"
 
 
 @pytest.fixture

@@ -69,3 +69,11 @@ def test_the_repository_signs_a_timestamp_that_expires_after_the_configured_seco
     timestamp = json.loads(repo.metadata_file("timestamp.json"))
     expires = datetime.fromisoformat(timestamp["signed"]["expires"].replace("Z", "+00:00"))
     assert expires == (clock() + timedelta(seconds=20)).replace(microsecond=0)
+
+
+def test_a_short_expiry_shortens_the_re_signing_check_so_nothing_expires_between_looks() -> None:
+    # Defaults: the shortest role (timestamp, 1 day) leaves half a day to re-sign: 300 s stands.
+    assert TufSettings().check_interval_s() == 300.0
+    # A 20 s timestamp is re-signed once 10 s are left: looking every 5 s sees it twice in that time.
+    assert TufSettings(timestamp_expiry=20).check_interval_s() == 5.0
+    assert TufSettings(timestamp_expiry=20, resign_check_interval_s=2).check_interval_s() == 2.0

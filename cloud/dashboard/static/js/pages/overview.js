@@ -36,7 +36,7 @@ function deviceTable(rows) {
 
 export async function renderOverview(view, {query}) {
   const [summary, rollouts, alerts] = await Promise.all([
-    api("/devices/summary"),
+    api("/fleet/summary"),
     api("/rollouts", {params: {limit: 50}}),
     api("/alerts", {params: {state: "firing", limit: 100}}),
   ]);
