@@ -40,6 +40,7 @@ from edge_agent.sim_traffic import (
 )
 from edge_agent.tensors import Array, TensorSpec
 from edgefleet_proto.v1 import common_pb2
+from tests.loop_turns import scheduled_callbacks_ran
 from tests.unit.agent.fakes import IN_FEATURES, linear_model, ref_for
 
 # -- the rate grid ---------------------------------------------------------------------------------
@@ -301,6 +302,12 @@ class FakeTime:
         self.until = start + until
         self.wakeups = 0
         self.reached = asyncio.Event()
+        self._marks: dict[float, asyncio.Event] = {}
+
+    async def passed(self, mark: float, timeout: float = 5.0) -> None:
+        """Returns once a sleep has moved the fake time to ``mark`` or past it."""
+        if self.now < mark:
+            await asyncio.wait_for(self._marks.setdefault(mark, asyncio.Event()).wait(), timeout)
 
     def __call__(self) -> float:
         return self.now
@@ -318,7 +325,11 @@ class FakeTime:
             self.reached.set()
             await asyncio.Future()  # until cancelled
         self.now += seconds
-        await asyncio.sleep(0)
+        for mark, passed in list(self._marks.items()):
+            if self.now >= mark:
+                passed.set()
+                del self._marks[mark]
+        await scheduled_callbacks_ran()  # a fake sleep still hands the loop a turn, as a real one does
 
 
 @dataclass(frozen=True)
@@ -442,8 +453,7 @@ def test_a_new_model_with_another_shape_gets_the_rows_reshaped() -> None:
 
     async def swap_midway() -> None:
         task = asyncio.create_task(runner.run())
-        while clock.now < clock.until - 5.0:
-            await asyncio.sleep(0)
+        await clock.passed(clock.until - 5.0)
         device.model = _loaded((-1, 1, 8, 8), version="2")
         await clock.reached.wait()
         task.cancel()
@@ -719,7 +729,7 @@ def test_sigusr1_switches_the_shift_of_a_running_fleet(tmp_path: Path) -> None:
     async def go() -> None:
         stop = asyncio.Event()
         running = asyncio.create_task(fleet.run(stop, out=out, err=io.StringIO()))
-        await asyncio.sleep(0)  # run() puts its handler in place before it first yields
+        await scheduled_callbacks_ran()  # run() puts its handler in place before it first yields
         # Checked before sending: with the default action the signal would end the test process.
         assert signal.getsignal(SHIFT_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN, None)
         try:

@@ -31,6 +31,7 @@ from edge_agent.trust.config import TrustConfig
 from edge_agent.window_sketch import FeatureSpec, ProfileSpecs, default_spec, top1
 from edgefleet_proto.v1 import common_pb2, desired_pb2, profile_pb2, sketch_pb2, telemetry_pb2
 from model_tools.profile import PROFILE_MEDIA_TYPE, build_profile
+from tests.loop_turns import scheduled_callbacks_ran
 from tests.unit.agent.fakes import (
     CLASSES,
     NO_TRIAL,
@@ -177,7 +178,7 @@ def test_a_swap_closes_the_sketch_window_of_the_old_model_and_sends_it_from_the_
         agent.serving.swap(None)  # what a rollback does, possibly inside a request
         _, sketches = published(agent)
         assert sketches == []  # sealed only: the sketching waits for the event loop
-        await asyncio.sleep(0)  # one turn of the loop runs the scheduled flush
+        await scheduled_callbacks_ran()  # the loop runs the scheduled flush
         _, (sketch,) = published(agent)
         assert (sketch.model_version, sketch.samples) == ("1", 1)
 
@@ -210,7 +211,7 @@ def test_the_request_path_never_calls_datasketches(tmp_path: Path, monkeypatch: 
         for c in range(100):  # six buffers fill on the way; their bulk work waits for the loop
             agent.predict({"x": one_hot_rows([c % CLASSES])})
         assert SpyKll.updates == []
-        await asyncio.sleep(0)  # the drain scheduled at the third buffer runs between requests
+        await scheduled_callbacks_ran()  # the drain scheduled at the third buffer runs between requests
         # In bulk: the confidences of all six full buffers in one update (the features wait in a sample).
         assert SpyKll.updates == [96]
         agent._queue_window()

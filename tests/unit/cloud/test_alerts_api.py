@@ -220,10 +220,10 @@ def test_receivers_show_urls_up_to_the_host_and_refuse_what_is_not_http(
     client: TestClient, auth: Headers
 ) -> None:
     op, viewer = auth[Role.OPERATOR], auth[Role.VIEWER]
-    chat = {"name": "chat", "url": "https://hooks.example.com/T000/B000/XXXXSECRET"}
+    chat = {"name": "chat", "url": "https://hooks.example.com/T000/B000/s3cr3t-path-token"}
     r = client.post("/api/v1/alert-receivers", headers=op, json=chat)
     assert r.status_code == 201 and r.json()["url"] == "https://hooks.example.com/…"
-    assert "XXXXSECRET" not in client.get("/api/v1/alert-receivers", headers=viewer).text
+    assert "s3cr3t-path-token" not in client.get("/api/v1/alert-receivers", headers=viewer).text
     for url, said in [("ftp://x.example/", "its scheme is 'ftp'"), ("https:///path", "it has no host"),
                       ("http://a.example:99999/", "it does not parse")]:  # fmt: skip
         r = client.post("/api/v1/alert-receivers", headers=op, json={"name": "bad", "url": url})
