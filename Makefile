@@ -5,10 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgefleet-installed
+# checkov (the static checks of deploy/ and terraform/) in a venv of its own: it pins termcolor<2.4.
+TOOLS  ?= .venv-tools
+TOOLS_STAMP := $(TOOLS)/.edgefleet-tools-installed
 EXTRAS ?= hub,agent,dev,tflite
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck proto venv clean check
+.PHONY: demo test lint typecheck proto venv tools clean check
 
 venv: $(STAMP)
 
@@ -19,10 +22,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): constraints-tools.txt
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade "pip>=24"
+	$(TOOLS)/bin/python -m pip install --quiet -c constraints-tools.txt checkov
+	@touch $(TOOLS_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/fleet demo
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLS_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -38,4 +49,4 @@ proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .edgefleet
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .edgefleet

@@ -118,15 +118,15 @@ class ArtifactWriter:
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
-            final = self._store.path(digest)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp.replace(final)
+            info = ArtifactInfo(digest, self._length)
+            self._store._place(self._tmp, info)
             self._committed = True
-            fsync_dir(final.parent)
+            # A durable copy elsewhere (an object store) comes after the local one is complete.
+            self._store._committed(info)
         except BaseException:
             self.abort()
             raise
-        return ArtifactInfo(digest, self._length)
+        return info
 
     def abort(self) -> None:
         """Discard the temporary file (idempotent; nothing to do after a commit)."""
@@ -148,7 +148,12 @@ class ArtifactWriter:
 
 
 class ArtifactStore:
-    """Artifacts by sha256 under one root folder."""
+    """Artifacts by sha256 under one root folder.
+
+    The interface every store keeps (cloud.storage.s3 adds an object store behind the same one): a
+    caller that needs a file gets ``path()``, a local file holding exactly the artifact's bytes.
+    Subclasses change where bytes come from (``path`` may fetch them) and what a commit also does.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -157,9 +162,24 @@ class ArtifactStore:
         self._objects.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
-    def path(self, sha256: str) -> Path:
+    def local_path(self, sha256: str) -> Path:
+        """Where this machine keeps the artifact's file (it may not be there)."""
         check_sha256(sha256)
         return self._objects / sha256[:2] / sha256
+
+    def path(self, sha256: str) -> Path:
+        """A local file with the artifact's bytes (absent when the store does not hold it)."""
+        return self.local_path(sha256)
+
+    def _place(self, tmp: Path, info: ArtifactInfo) -> None:
+        """Move a complete, verified temporary file to its place (same file system: atomic)."""
+        final = self.local_path(info.sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.replace(final)
+        fsync_dir(final.parent)
+
+    def _committed(self, info: ArtifactInfo) -> None:
+        """Called once an artifact is in place; the local store has nothing more to do."""
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
@@ -206,7 +226,7 @@ class ArtifactStore:
 
     def delete(self, sha256: str) -> bool:
         """Remove an artifact; False when it was not there."""
-        path = self.path(sha256)
+        path = self.local_path(sha256)
         try:
             path.unlink()
         except FileNotFoundError:

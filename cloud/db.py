@@ -10,20 +10,27 @@ that begin a deferred transaction (SQLite, ``PRAGMA query_only`` on) or a read-o
 (PostgreSQL). In WAL mode such a reader sees the last committed state and neither waits
 for a writer nor holds one up, so the artifact service's per-download check does not
 queue behind telemetry writes.
+
+The schema is versioned (cloud.migrations): :func:`prepare_schema` is what a hub does with a
+database when it starts, :func:`upgrade_schema` what `fleet db upgrade` does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from cloud.errors import HubError
+
+if TYPE_CHECKING:
+    from cloud.migrations.state import SchemaStatus
 
 SessionFactory = Callable[[], Session]
 
@@ -35,6 +42,10 @@ READ_ONLY = "edgefleet_read_only"
 
 class DatabaseError(HubError):
     """The database could not be reached or set up."""
+
+
+class SchemaMismatchError(DatabaseError):
+    """The database's schema is not the one this hub runs on; the message says what to do."""
 
 
 # Seconds to wait for PostgreSQL to accept a connection.
@@ -98,20 +109,77 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def create_all(engine: Engine) -> None:
-    """Create every table the hub's models declare (idempotent)."""
-    # Each import registers its tables on SQLModel.metadata.
-    import cloud.alerts.tables
-    import cloud.audit.tables
-    import cloud.drift.tables
-    import cloud.identity.tables
-    import cloud.models
-    import cloud.telemetry.tables
-    import cloud.training.continuous.tables  # noqa: F401
+    """Build an empty database to this hub's schema, or check that it is there (idempotent).
+
+    A database at an older or unknown revision, or one made before migrations existed, is
+    left alone: DatabaseError says what it is (`fleet db upgrade` moves it on).
+    """
+    prepare_schema(engine, auto_upgrade=False)
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """What preparing or upgrading did: where the database was, and where it is now."""
+
+    before: SchemaStatus
+    after: str | None  # the revision it is at now
+    # An unversioned database's tables matched this revision, recorded before upgrading from it.
+    adopted: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.before.revision != self.after or self.adopted is not None
+
+
+def prepare_schema(engine: Engine, *, auto_upgrade: bool) -> SchemaChange:
+    """What the hub does on start: build an empty database, start on one at head, refuse the rest.
+
+    With ``auto_upgrade`` an older (or unversioned) database is upgraded as `fleet db upgrade`
+    would; one newer than this hub is always refused (see cloud.migrations.state).
+    """
+    return _apply(engine, upgrade_old=auto_upgrade)
+
+
+def upgrade_schema(engine: Engine) -> SchemaChange:
+    """`fleet db upgrade`: bring the database to this hub's head from wherever it knows."""
+    return _apply(engine, upgrade_old=True)
+
+
+def _apply(engine: Engine, *, upgrade_old: bool) -> SchemaChange:
+    # Imported here: Alembic takes a quarter of a second to import, and every `fleet` command that
+    # only talks to the API imports this module.
+    from cloud.migrations import runner
+    from cloud.migrations.runner import migration_connection
+    from cloud.migrations.state import (
+        Action,
+        SchemaError,
+        action_for,
+        adopt_unversioned,
+        build_empty,
+        schema_status,
+    )
 
     try:
-        SQLModel.metadata.create_all(engine)
+        with migration_connection(engine) as conn:
+            status = schema_status(conn)
+            adopted = None
+            match action_for(status.state, upgrade=upgrade_old):
+                case Action.BUILD:
+                    build_empty(conn)
+                case Action.START:
+                    pass
+                case Action.UPGRADE:
+                    runner.upgrade(conn, "head")
+                case Action.ADOPT:
+                    adopted = adopt_unversioned(conn)
+                    runner.upgrade(conn, "head")
+                case Action.REFUSE:
+                    raise SchemaError(status.describe())
+            return SchemaChange(status, runner.current_revision(conn), adopted)
+    except SchemaError as e:
+        raise SchemaMismatchError(str(e)) from e
     except SQLAlchemyError as e:
-        raise DatabaseError(f"could not create tables at {engine.url!r}: {e}") from e
+        raise DatabaseError(f"could not set up the schema at {engine.url!r}: {e}") from e
 
 
 def session_factory(engine: Engine) -> SessionFactory:

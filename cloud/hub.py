@@ -19,7 +19,6 @@ import uvicorn
 from sqlalchemy import Engine
 
 from cloud.api.app import create_app
-from cloud.artifacts import ArtifactStore
 from cloud.clock import Clock, utcnow
 from cloud.context import HubContext
 from cloud.db import SessionFactory, read_session_factory, session_factory
@@ -28,6 +27,7 @@ from cloud.errors import HubError
 from cloud.identity import service as identity
 from cloud.identity.grpc_auth import ArtifactAccess
 from cloud.identity.tls import server_tls, warn_plaintext
+from cloud.leader import Leadership
 from cloud.observability.metrics import HubMetrics
 from cloud.observe import ObserveCycle
 from cloud.rollouts.scheduler import RolloutScheduler
@@ -38,6 +38,7 @@ from cloud.services.signing import Signing
 from cloud.services.tokens import ensure_admin_token
 from cloud.settings import Settings
 from cloud.startup import HubStartError, bind_http_socket, open_database, probe_port
+from cloud.storage import StorageError, open_artifact_store
 from cloud.training.continuous.pipeline import PipelineConfig
 from cloud.transport.grpc_server import ArtifactServer, GrpcServerError, bind_grpc_server, serve_artifacts
 from cloud.transport.mqtt import HubMqtt, check_broker
@@ -83,6 +84,7 @@ class Hub:
         self._resigner: ResignScheduler | None = None
         self._rollouts: RolloutScheduler | None = None
         self._observe: ObserveCycle | None = None
+        self._leadership: Leadership | None = None
         # How continuous-training runs train (None: the production defaults; the demo makes them small).
         self._training = training
         # EDGEFLEET_TUF_* settings; tests and the demo hand in their own.
@@ -125,13 +127,16 @@ class Hub:
             raise HubStartError(
                 f"cannot create the data folder {s.data_dir}: {e.strerror} (EDGEFLEET_DATA_DIR)"
             ) from e
-        engine = self._engine = open_database(s.resolved_database_url())
+        engine = self._engine = open_database(s.resolved_database_url(), auto_upgrade=s.db_auto_upgrade)
         if self._broker_check_s is not None:
             check_broker(s, timeout=self._broker_check_s)
         sessions = session_factory(engine)
         with sessions() as session:
             ensure_admin_token(session, s.admin_token_path(), clock=self._clock)
-        store = ArtifactStore(s.resolved_artifact_dir())
+        try:
+            store = open_artifact_store(s)
+        except StorageError as e:
+            raise HubStartError(f"{e} (EDGEFLEET_ARTIFACT_STORE)") from e
         signing = self._open_signing(sessions)
 
         # Read-only sessions: a download's check never waits on the write lock (cloud.db).
@@ -156,9 +161,20 @@ class Hub:
                 )
 
         mqtt = self._mqtt = HubMqtt(
-            s, on_batch=self._ingest_batch, desired_source=desired_source, metrics=metrics.ingest
+            s,
+            on_batch=self._ingest_batch,
+            desired_source=desired_source,
+            metrics=metrics.ingest,
+            heal_metrics=metrics.heal,
         )
         ingestor = self.ingestor
+
+        def on_seq_gap(missing: int) -> None:
+            # Windows the broker may have dropped for this hub: statuses it dropped are re-read.
+            metrics.heal.seq_gaps.inc(missing)
+            mqtt.request_heal("seq_gap")
+
+        ingestor.on_seq_gap = on_seq_gap
         metrics.bind_parts(
             ingest_stats=ingestor.stats.snapshot,
             queue_depth=lambda: mqtt.queue_depth,
@@ -178,17 +194,31 @@ class Hub:
             metrics=metrics,
         )
         mqtt.start()
+        # Before the schedulers: their first runs ask it. One leader runs the periodic jobs (cloud.leader).
+        leadership = self._leadership = Leadership(
+            engine, fleet=s.fleet, renew_s=s.leader_renew_s, metrics=metrics.leader
+        )
+        leadership.start()
+
+        def is_leader() -> bool:
+            return leadership.is_leader
+
         self._resigner = ResignScheduler(
-            signing.repo, signing.director, sessions, signing.publish_all, jobs=metrics.jobs
+            signing.repo,
+            signing.director,
+            sessions,
+            signing.publish_all,
+            jobs=metrics.jobs,
+            is_leader=is_leader,
         )
         self._resigner.start()
         self._start_api(self.context)
         # Last, once every part it drives is up: it publishes, and the API kicks it.
-        self._rollouts = RolloutScheduler(self.context)
+        self._rollouts = RolloutScheduler(self.context, is_leader=is_leader)
         self.context.kick_rollouts = self._rollouts.kick
         self._rollouts.start()
         # Rollups, drift and accuracy scores, alerts and retraining triggers (cloud.observe).
-        observe = self._observe = ObserveCycle(self.context, training=self._training)
+        observe = self._observe = ObserveCycle(self.context, training=self._training, is_leader=is_leader)
         drift_gates.configure(observe.baseline, alpha=s.drift_alpha)
         observe.start()
 
@@ -269,6 +299,8 @@ class Hub:
             self._api_thread.join(timeout)
         if self._resigner is not None:
             self._resigner.stop()
+        if self._leadership is not None:
+            self._leadership.stop()  # after every job it leads: a follower takes over at its next try
         if self._mqtt is not None:
             self._mqtt.stop(timeout)
         if self._grpc is not None:

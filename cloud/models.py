@@ -118,6 +118,13 @@ class Device(SQLModel, table=True):
     # The device's outgoing queue: waiting for the broker, and dropped because it was full.
     queued_messages: int = Field(default=0, sa_type=BigInteger)
     dropped_messages: int = Field(default=0, sa_type=BigInteger)
+    # The trial policy that judged the version on trial or last judged (model_tools.trial_policy):
+    # where it came from (assignment, rollout, bundle, default) and the sha256 of its canonical form.
+    trial_policy_source: str = Field(default="", max_length=16)
+    trial_policy_digest: str = Field(default="", max_length=64)
+    # The last model load on the device: how long it took and what the session added to its memory.
+    last_load_ms: float = 0.0
+    session_memory_bytes: int = Field(default=0, sa_type=BigInteger)
     first_seen: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_seen: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -182,6 +189,9 @@ class DesiredState(SQLModel, table=True):
     variant_id: int | None = Field(default=None, foreign_key="model_variant.id")
     generation: int = Field(sa_type=BigInteger)
     issued_at: datetime = Field(sa_type=UTCDateTime)
+    # The trial policy this assignment sets: {"source": "assignment" | "rollout", "policy": {...}}
+    # (model_tools.trial_policy); None: the bundle's default, else the device's.
+    trial_policy: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
 class TelemetryWindow(SQLModel, table=True):

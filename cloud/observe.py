@@ -9,10 +9,12 @@ Every ``observe_interval_s`` the hub runs, in order:
    queued training run on the worker (``cloud.training.continuous``);
 5. expire raw rows and old rollups (``cloud.telemetry.retention``), at most hourly.
 
-Each step is idempotent and keyed in the database, so two hub replicas running the cycle at
-once store each rollup, score and alert transition once. A step that fails is logged and the
-cycle goes on: a broken webhook receiver must not stop drift scoring. ``kick()`` runs a cycle
-now (the demo, tests, an operator who does not want to wait for the interval).
+Only the scheduler leader (``cloud.leader``) runs the scheduled cycles; on the other replicas the
+job returns ``JOB_NOT_LEADER`` at once. Each step is also idempotent and keyed in the database, so
+two replicas running the cycle at once (a kick, the overlap of a leadership change) store each
+rollup, score and alert transition once. A step that fails is logged and the cycle goes on: a
+broken webhook receiver must not stop drift scoring. ``kick()`` runs a cycle now, leader or not
+(the demo, tests, an operator who does not want to wait for the interval).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from cloud.alerts import webhooks
 from cloud.context import HubContext
 from cloud.drift import score as drift
 from cloud.drift.baseline import BaselineSource
-from cloud.observability.metrics import JOB_FAILED
+from cloud.observability.metrics import JOB_FAILED, JOB_NOT_LEADER
 from cloud.telemetry import retention, rollup
 from cloud.training.continuous import pipeline as ct_pipeline
 from cloud.training.continuous import triggers
@@ -67,8 +69,11 @@ class ObserveCycle:
         *,
         interval_s: float | None = None,
         training: ct_pipeline.PipelineConfig | None = None,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.ctx = ctx
+        self._is_leader = is_leader
+        self._kicked = threading.Event()
         self.interval_s = interval_s or ctx.settings.observe_interval_s
         self.baseline = BaselineSource(ctx.sessions, ctx.store)
         self._scheduler: BackgroundScheduler | None = None
@@ -179,7 +184,11 @@ class ObserveCycle:
 
     # --- scheduling -----------------------------------------------------------------------------
 
-    def _job(self) -> bool | None:
+    def _job(self) -> bool | str | None:
+        kicked = self._kicked.is_set()
+        self._kicked.clear()
+        if not kicked and not self._is_leader():
+            return JOB_NOT_LEADER
         # A cycle already under way (a kick, the demo) covers this one: skip rather than queue behind it.
         if self._lock.locked():
             return None
@@ -190,6 +199,7 @@ class ObserveCycle:
         """Run a cycle as soon as possible (coalesced with one due or under way)."""
         scheduler = self._scheduler
         if scheduler is not None:
+            self._kicked.set()
             scheduler.modify_job("edgefleet-observe", next_run_time=datetime.now(UTC))
 
     def start(self) -> None:

@@ -25,7 +25,20 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".edgefleet")
     database_url: str | None = None
+    # Upgrade an older database schema on start instead of refusing (`fleet db upgrade` does it by hand,
+    # after a backup: the default, since a migration cannot be undone by restarting the old hub).
+    db_auto_upgrade: bool = False
     artifact_dir: Path | None = None
+    # Artifacts (cloud.storage): "local" keeps them in artifact_dir; "s3" keeps them in an S3-compatible
+    # bucket shared by hub replicas, with artifact_dir as this replica's cache of at most
+    # artifact_cache_max_bytes (least recently used files go first). Credentials come from the AWS
+    # environment or config chain only (AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance role).
+    artifact_store: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    artifact_cache_max_bytes: int = Field(default=10 * 1024 * MiB, ge=MiB)
     fleet: str = "default"
     topic_prefix: str = DEFAULT_PREFIX
 
@@ -35,7 +48,11 @@ class Settings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=3600)
-    share_group: str = "edgefleet-hub"
+    # Empty: plain subscriptions, right for one hub. Replicas set a group (e.g. edgefleet-hub) so that
+    # each telemetry window, sketch and event goes to one of them. A plain subscription is also what
+    # survives a Mosquitto restart: Mosquitto 2.0 restores a persistent session without its shared
+    # subscriptions, so what devices publish before the hub subscribes again would reach no one.
+    share_group: str = ""
     # How long publish_desired waits for the broker's PUBACK before reporting failure.
     publish_timeout_s: float = Field(default=5.0, gt=0)
 
@@ -46,6 +63,12 @@ class Settings(BaseSettings):
     grpc_public_endpoint: str | None = None
 
     max_upload_bytes: int = Field(default=256 * MiB, gt=0)
+    # Validation of uploaded ONNX files (cloud.services.onnx_schema): files above the in-process size are
+    # checked in a child process whose address space is capped at the memory limit (a model that needs
+    # more is refused with 413); files above the load size are not loaded in onnxruntime at all.
+    validate_load_max_bytes: int = Field(default=1024 * MiB, ge=0)
+    validate_memory_limit_bytes: int = Field(default=2048 * MiB, ge=256 * MiB)
+    validate_in_process_max_bytes: int = Field(default=8 * MiB, ge=0)
     # Bounded so that a flood of device messages slows the broker connection (back-pressure)
     # instead of growing the hub's memory without limit.
     ingest_queue_size: int = Field(default=10_000, gt=0)
@@ -55,6 +78,12 @@ class Settings(BaseSettings):
     ingest_linger_s: float = Field(default=0.05, ge=0, le=5)
     # How often the rollout engine advances every active rollout (it is also kicked on mutations).
     rollout_tick_s: float = Field(default=2.0, gt=0)
+    # Hub replicas (cloud.leader): how often the scheduler leader proves it still holds its lock, and
+    # a follower tries to take it. A killed leader's jobs resume on a follower within about this long.
+    leader_renew_s: float = Field(default=5.0, gt=0, le=300)
+    # Re-reading the retained statuses (cloud.transport.mqtt) after the broker dropped messages or a
+    # telemetry seq gap: at most once per this many seconds (a re-read sends every device's status).
+    heal_min_interval_s: float = Field(default=30.0, ge=0, le=3600)
 
     # Fleet observability (cloud.telemetry, cloud.drift, cloud.alerts, cloud.training.continuous).
     # Rollups and scores are kept per cohort x model version x bucket of this many seconds.
@@ -130,6 +159,8 @@ class Settings(BaseSettings):
     @field_validator("share_group")
     @classmethod
     def _share_group_is_an_id(cls, value: str) -> str:
+        if not value:
+            return value
         try:
             return validate_id("share group", value)
         except TopicError as e:
@@ -155,6 +186,13 @@ class Settings(BaseSettings):
                 "postgresql+psycopg://user@host:port/db"
             )
         return value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix_is_a_folder(cls, value: str) -> str:
+        if value.startswith("/"):
+            raise ValueError(f"invalid S3 prefix {value!r}: expected a key prefix without a leading '/'")
+        return value if not value or value.endswith("/") else value + "/"
 
     @field_validator("grpc_public_endpoint")
     @classmethod
@@ -190,6 +228,14 @@ class Settings(BaseSettings):
             return self.device_mqtt_endpoint
         host = f"[{self.mqtt_host}]" if ":" in self.mqtt_host else self.mqtt_host
         return f"{host}:8883"
+
+    @model_validator(mode="after")
+    def _s3_has_a_bucket(self) -> Settings:
+        if self.artifact_store == "s3" and not self.s3_bucket:
+            raise ValueError(
+                "EDGEFLEET_ARTIFACT_STORE=s3 needs a bucket: expected EDGEFLEET_S3_BUCKET, got none"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_files_in_pairs(self) -> Settings:

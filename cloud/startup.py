@@ -4,7 +4,8 @@ A hub that starts must not leave half of itself behind when a later part cannot 
 up: a second hub on the same ports used to bind gRPC, connect to the broker and
 republish every desired state before it found the HTTP port taken. So the ports are
 bound first (the HTTP socket is kept and handed to uvicorn; see :func:`probe_port` for
-gRPC), then the database is opened and its tables made, and only then does anything
+gRPC), then the database is opened and its schema checked (built when empty, refused when
+at another revision), and only then does anything
 talk to the broker. Each failure is one :class:`HubStartError` whose message names what
 is wrong and the setting that controls it.
 """
@@ -18,7 +19,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from cloud.db import DatabaseError, create_all, create_db_engine
+from cloud.db import DatabaseError, SchemaMismatchError, create_db_engine, prepare_schema
 from cloud.errors import HubError
 
 __all__ = ["HubStartError", "bind_http_socket", "hostport", "open_database", "probe_port"]
@@ -103,8 +104,13 @@ def _first_line(e: BaseException) -> str:
     return lines[0].strip() if lines else type(cause).__name__
 
 
-def open_database(url: str) -> Engine:
-    """An engine on ``url`` that has connected once and holds every table; HubStartError if not."""
+def open_database(url: str, *, auto_upgrade: bool = False) -> Engine:
+    """An engine on ``url`` that has connected once and holds this hub's schema; HubStartError if not.
+
+    An empty database is built; one at an older revision (or made before migrations existed)
+    is upgraded only with ``auto_upgrade`` (EDGEFLEET_DB_AUTO_UPGRADE); one newer than this
+    hub is always refused (see cloud.migrations.state).
+    """
     try:
         shown = make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -124,7 +130,10 @@ def open_database(url: str) -> Engine:
             f"cannot reach the database {shown}: {_first_line(e)} (EDGEFLEET_DATABASE_URL)"
         ) from e
     try:
-        create_all(engine)
+        prepare_schema(engine, auto_upgrade=auto_upgrade)
+    except SchemaMismatchError as e:
+        engine.dispose()
+        raise HubStartError(f"database {shown}: {e}") from e
     except (DatabaseError, SQLAlchemyError, OSError) as e:
         engine.dispose()
         raise HubStartError(

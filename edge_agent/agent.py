@@ -307,6 +307,7 @@ class Agent:
             msg.trial.CopyFrom(trial.status())
         msg.dropped_messages = self.outbox.dropped
         msg.queued_messages = len(self.outbox)
+        self.updater.fill_status(msg)
         if self.trust is not None:
             msg.trusted_root_version = self.trust.root_version()
             firmware = self.trust.firmware

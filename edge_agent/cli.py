@@ -109,6 +109,8 @@ async def _simulate(args: argparse.Namespace) -> None:
         ),
         trial=TrialConfig(window_s=args.trial_window),
         traffic=args.traffic_plan,
+        light=args.light,
+        connect_rate=args.connect_rate,
     )
 
 
@@ -280,6 +282,20 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="first K devices get a local API (default all)",
+    )
+    sim.add_argument(
+        "--light",
+        action="store_true",
+        help="light mode for large fleets: the devices share one onnxruntime session per artifact (by "
+        "sha256), keep their outboxes in memory and ping the broker every 120 s; each keeps its own "
+        "state, trust and connection",
+    )
+    sim.add_argument(
+        "--connect-rate",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="R",
+        help="devices that connect per second at start, jittered (default 0: all at once)",
     )
     sim.add_argument(
         "--telemetry-interval", type=float, default=10.0, metavar="S", help="seconds per window (default 10)"

@@ -238,11 +238,19 @@ class TrialConfig:
     max_error_rate: float = 0.02
     # p95 latency budget in ms (0: none) ...
     latency_budget_ms: float = 0.0
-    # ... and against the previous version: fail above ratio x its p95 when also slack_ms slower.
+    # ... and against the previous version: fail above ratio x its p95 when also slack_ms slower
+    # (0: no ratio gate).
     max_latency_ratio: float = 2.0
     latency_slack_ms: float = 1.0
     # Jensen-Shannon divergence (bits, 0..1) of the predicted-class distribution from the baseline.
     max_divergence: float = 0.2
+    # The baseline of that divergence: "auto" (the bundle's profile, else the previous version's
+    # answers), "profile", "previous" or "none".
+    divergence_reference: str = "auto"
+    # When a version changes architecture (another graph or input/output schema) and its trial policy
+    # gives no latency budget, this p95 budget judges it: the previous model's latency says nothing
+    # about a different one, and this device's own figure is what its operator knows.
+    new_architecture_budget_ms: float = 1000.0
     # Shadow mode: share of requests whose predicted class differs from the previous version's.
     max_disagreement: float = 0.2
     # Serve mode: also run the previous version on the trial's inputs (the baseline when the
@@ -256,15 +264,23 @@ class TrialConfig:
         for key in ("window_requests", "min_requests", "max_restarts"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"trial.{key}: expected >= 0, got {getattr(self, key)}")
-        for key in ("window_s", "latency_budget_ms", "latency_slack_ms"):
+        for key in ("window_s", "latency_budget_ms", "latency_slack_ms", "new_architecture_budget_ms"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"trial.{key}: expected >= 0, got {getattr(self, key)}")
         for key in ("max_error_rate", "max_divergence", "max_disagreement"):
             value = getattr(self, key)
             if not 0 <= value <= 1:
                 raise ConfigError(f"trial.{key}: expected a fraction in 0..1, got {value}")
-        if self.max_latency_ratio < 1:
-            raise ConfigError(f"trial.max_latency_ratio: expected >= 1, got {self.max_latency_ratio}")
+        if self.max_latency_ratio < 1 and self.max_latency_ratio != 0:
+            raise ConfigError(
+                "trial.max_latency_ratio: expected >= 1, or 0 for no ratio gate, "
+                f"got {self.max_latency_ratio}"
+            )
+        if self.divergence_reference not in ("auto", "profile", "previous", "none"):
+            raise ConfigError(
+                "trial.divergence_reference: expected one of auto, profile, previous, none, "
+                f"got {self.divergence_reference!r}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -606,6 +622,8 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
         max_latency_ratio=tr.float_("max_latency_ratio", d_tr.max_latency_ratio),
         latency_slack_ms=tr.float_("latency_slack_ms", d_tr.latency_slack_ms),
         max_divergence=tr.float_("max_divergence", d_tr.max_divergence),
+        divergence_reference=tr.str_("divergence_reference", d_tr.divergence_reference),
+        new_architecture_budget_ms=tr.float_("new_architecture_budget_ms", d_tr.new_architecture_budget_ms),
         max_disagreement=tr.float_("max_disagreement", d_tr.max_disagreement),
         compare_previous=tr.bool_("compare_previous", d_tr.compare_previous),
         max_restarts=tr.int_("max_restarts", d_tr.max_restarts),

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from edge_agent.errors import DesiredRejectedError, StoreError
 from edge_agent.store import check_sha256
 from edgefleet_proto.v1 import desired_pb2
+from model_tools.trial_policy import TrialPolicy, TrialPolicyError
 
 __all__ = ["Verdict", "check_desired", "decode_desired"]
 
@@ -86,6 +87,11 @@ def check_desired(
                     f"desired model's data profile is {profile.length} bytes; expected 1 to "
                     f"{max_profile_bytes}"
                 )
+    if desired.HasField("trial_policy"):
+        try:
+            TrialPolicy.from_proto(desired.trial_policy)
+        except TrialPolicyError as e:
+            raise DesiredRejectedError(f"desired state's {e}") from e
     if desired.generation == applied_generation:
         return Verdict.DUPLICATE
     return Verdict.APPLY

@@ -15,8 +15,10 @@ as soon as one is due:
   that need ``min_requests`` and did not get them are not judged, and the
   verdict says so.
 
-The baseline for the class distribution is the bundle's data profile when it
-has one, else the previous version's outputs on the same inputs. Divergence is
+The baseline for the class distribution is what ``divergence_reference`` names:
+"auto" takes the bundle's data profile when it has one, else the previous
+version's outputs on the same inputs; "profile" and "previous" take only that
+one (no gate without it); "none" turns the gate off. Divergence is
 Jensen-Shannon in bits (0 for identical distributions, 1 for disjoint ones).
 """
 
@@ -144,8 +146,11 @@ class TrialJudge:
         mode: TrialMode,
         profile_distribution: Sequence[float] | None = None,
         baseline_p95_ms: float | None = None,
+        context: Mapping[str, DetailValue] | None = None,
     ) -> None:
         self._config = config
+        # Carried into every verdict's figures (which policy judged, and what it asked for).
+        self._context = dict(context or {})
         self._mode = mode
         self._profile = (
             np.asarray(profile_distribution, dtype=np.float64)
@@ -267,7 +272,7 @@ class TrialJudge:
                 f"p95 latency {p95:.2f} ms is over the budget {cfg.latency_budget_ms:g} ms",
             )
         previous = self._previous_p95()
-        if p95 is not None and previous is not None:
+        if p95 is not None and previous is not None and cfg.max_latency_ratio:
             slower = p95 > cfg.max_latency_ratio * previous and p95 - previous > cfg.latency_slack_ms
             if slower:
                 return "latency_ratio", (
@@ -310,7 +315,8 @@ class TrialJudge:
         if counts is None or counts.sum() < max(1, self._config.min_requests):
             return None
         n = float(counts.sum())
-        if self._profile is not None and self._profile.shape == counts.shape and self._profile.sum() > 0:
+        baseline = self._baseline()
+        if baseline == "profile" and self._profile is not None:
             classes = int((self._profile > 0).sum())
             return (
                 js_divergence(counts, self._profile),
@@ -318,9 +324,26 @@ class TrialJudge:
                 sampling_allowance(classes, n),
             )
         ref = self._ref_counts
-        if ref is not None and ref.sum() >= max(1, self._config.min_requests):
+        if baseline == "previous" and ref is not None and ref.sum() >= max(1, self._config.min_requests):
             # The same inputs answered by both versions: paired, so chance adds nothing to tell apart.
             return js_divergence(counts, ref), "previous version's answers on the same inputs", 0.0
+        return None
+
+    def _baseline(self) -> str | None:
+        """What the divergence is measured against now: "profile", "previous" or None (no gate)."""
+        wanted = self._config.divergence_reference
+        counts = self._counts
+        usable = (
+            counts is not None
+            and self._profile is not None
+            and self._profile.shape == counts.shape
+            and self._profile.sum() > 0
+        )
+        if wanted == "profile" or (wanted == "auto" and usable):
+            # An explicit "profile" never falls back to the previous version: that is the point of it.
+            return "profile" if usable else None
+        if wanted in ("previous", "auto"):
+            return "previous" if self._ref_counts is not None and self._ref_counts.sum() > 0 else None
         return None
 
     def _disagreement(self) -> float | None:
@@ -331,6 +354,7 @@ class TrialJudge:
     def figures(self) -> dict[str, DetailValue]:
         """What was measured so far, for an event's details."""
         out: dict[str, DetailValue] = {
+            **self._context,
             "requests": self.requests,
             "errors": self.errors,
             "mode": self._mode.value,
@@ -343,10 +367,11 @@ class TrialJudge:
             out["previous_p95_ms"] = float(ref)
         counts = self._counts
         if counts is not None and counts.sum() > 0:
-            if self._profile is not None and self._profile.shape == counts.shape:
+            baseline = self._baseline()
+            if baseline == "profile" and self._profile is not None:
                 out["js_divergence"] = js_divergence(counts, self._profile)
                 out["baseline"] = "profile"
-            elif self._ref_counts is not None and self._ref_counts.sum() > 0:
+            elif baseline == "previous" and self._ref_counts is not None:
                 out["js_divergence"] = js_divergence(counts, self._ref_counts)
                 out["baseline"] = "previous"
             top = int(counts.argmax())

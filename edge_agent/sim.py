@@ -7,6 +7,11 @@ stdout:
 
     {"event": "ready", "devices": N, "sockets": {"sim-0001": "/path/agent.sock", ...}}
 
+In light mode (``light=True``, :mod:`edge_agent.sim_light`) the devices share one onnxruntime
+session per artifact and keep their outboxes in memory, so that 10,000 fit on a small machine.
+``connect_rate`` spreads the first connections out (devices per second, each start jittered
+within its slot), as a real fleet reconnects; 0 connects every device at once (a storm).
+
 With a :class:`~edge_agent.sim_traffic.TrafficPlan`, every device also serves synthetic
 requests in-process; when the fleet stops, one summary line of that traffic goes to stderr.
 SIGUSR1 switches the traffic's input shifts off and on (``--shift-paused`` starts with them
@@ -19,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
+import math
+import random
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -31,7 +39,9 @@ from typing import Any, TextIO
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, BackoffConfig, MqttProtocol, TrialConfig
 from edge_agent.fetcher import ChannelPool, SyncChannels
+from edge_agent.runtime import RuntimeRegistry
 from edge_agent.sim_labels import LabelMix
+from edge_agent.sim_light import SessionCache, SharedRuntimes, open_files_per_device
 from edge_agent.sim_mix import DeviceKind
 from edge_agent.sim_traffic import TrafficPlan, TrafficRunner
 from edge_agent.tasks import cancel_and_wait
@@ -44,6 +54,11 @@ log = logging.getLogger(__name__)
 # Switches the traffic's input shifts off and on: a demo rolls a version out on steady inputs, then
 # moves one cohort's inputs without restarting the fleet (which would reset its telemetry).
 SHIFT_SIGNAL = signal.SIGUSR1
+# Devices of one simulated fleet in their MQTT handshake at once, and how long one may hold its place.
+DEFAULT_HANDSHAKES = 256
+HANDSHAKE_HOLD_S = 15.0
+# The keepalive of a light device: the shipped broker's max_keepalive (deploy/mosquitto/edgefleet.conf).
+LIGHT_KEEPALIVE_S = 120
 
 
 def device_ids(n: int) -> list[str]:
@@ -61,17 +76,36 @@ def _write_line(out: TextIO | None, line: Mapping[str, Any]) -> None:
     stream.flush()
 
 
-def _allow_open_files(devices: int) -> None:
-    """Raise the soft limit on open files: each device holds a broker connection, its queue
-    database (three files) and perhaps a socket, and 1024 is a common default."""
+def _allow_open_files(devices: int, *, light: bool = False) -> None:
+    """Raise the soft limit on open files: each device holds a broker connection, in full mode its
+    queue database (three files) and perhaps a socket, and 1024 is a common default. Past the hard
+    limit the fleet would fail device by device on connect, so say so once, up front."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 8 * devices + 256
+    wanted = open_files_per_device(light) * devices + 256
     if soft != resource.RLIM_INFINITY and soft < wanted:
         top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        log.warning(
+            "%d devices may need %d open files, but the hard limit is %d%s",
+            devices,
+            wanted,
+            hard,
+            "" if light else ": --light needs fewer",
+        )
+
+
+def _lighten(config: AgentConfig, light: bool) -> AgentConfig:
+    """In light mode, a keepalive of LIGHT_KEEPALIVE_S: a device pings the broker when it has sent
+    nothing for that long, and 2,000 devices on one event loop, busy with a rollout, went more than
+    1.5 x 30 s without a turn (bench/scale.py); the broker then dropped every one of them,
+    and their last wills told the hub they were offline. A real device has its own CPU."""
+    if not light:
+        return config
+    return dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, keepalive_s=LIGHT_KEEPALIVE_S))
 
 
 class Fleet:
@@ -97,11 +131,30 @@ class Fleet:
         firmware: FirmwareConfig | None = None,
         trial: TrialConfig | None = None,
         traffic: TrafficPlan | None = None,
+        light: bool = False,
+        connect_rate: float = 0.0,
+        handshakes: int = DEFAULT_HANDSHAKES,
+        seed: int = 0,
     ) -> None:
+        if not (connect_rate >= 0 and math.isfinite(connect_rate)):
+            raise ValueError(
+                f"connect_rate must be devices per second >= 0 (0: all at once), got {connect_rate}"
+            )
         with_api = n if local_api_devices is None else max(0, min(local_api_devices, n))
         ids = device_ids(n)
         mixed = label_mix.assign(n) if label_mix is not None else [{} for _ in ids]
-        _allow_open_files(n)
+        _allow_open_files(n, light=light)
+        self.light = light
+        # Devices connecting at once, at most (0: no bound); see _run_first.
+        self._handshakes = asyncio.Semaphore(handshakes) if handshakes > 0 else None
+        self._shared: dict[int, SharedRuntimes] = {}
+        # Light mode: one session per artifact for the whole fleet (edge_agent.sim_light).
+        self.sessions: SessionCache | None = SessionCache() if light else None
+        # When each device first connects, seconds after run() starts (all 0: at once).
+        rng = random.Random(f"{seed}:connect")
+        self.start_delays = (
+            [(i + rng.random()) / connect_rate for i in range(n)] if connect_rate > 0 else [0.0] * n
+        )
         self.channels = ChannelPool()
         # Blocking channels for the TUF client (it runs in worker threads), shared like the async ones.
         self.sync_channels = SyncChannels()
@@ -115,25 +168,29 @@ class Fleet:
         ]
         self.agents = [
             Agent(
-                AgentConfig.for_simulation(
-                    device_id=device_id,
-                    fleet=fleet,
-                    state_dir=base_dir / device_id,
-                    mqtt_host=mqtt_host,
-                    mqtt_port=mqtt_port,
-                    mqtt_protocol=mqtt_protocol,
-                    grpc_endpoint=grpc_endpoint,
-                    local_api=index < with_api,
-                    labels=device_labels[index],
-                    telemetry_interval_s=telemetry_interval_s,
-                    backoff=backoff,
-                    trust=trust,
-                    firmware=firmware,
-                    trial=trial,
+                _lighten(
+                    AgentConfig.for_simulation(
+                        device_id=device_id,
+                        fleet=fleet,
+                        state_dir=base_dir / device_id,
+                        mqtt_host=mqtt_host,
+                        mqtt_port=mqtt_port,
+                        mqtt_protocol=mqtt_protocol,
+                        grpc_endpoint=grpc_endpoint,
+                        local_api=index < with_api,
+                        labels=device_labels[index],
+                        telemetry_interval_s=telemetry_interval_s,
+                        backoff=backoff,
+                        trust=trust,
+                        firmware=firmware,
+                        trial=trial,
+                        durable_queue=not light,
+                    ),
+                    light,
                 ),
                 channels=self.channels,
                 sync_channels=self.sync_channels,
-                runtimes=kinds[index % len(kinds)].registry() if kinds else None,
+                runtimes=self._runtimes(index),
             )
             for index, device_id in enumerate(ids)
         ]
@@ -147,6 +204,21 @@ class Fleet:
 
     def _agent(self, index: int) -> Agent:
         return self.agents[index]
+
+    def _runtimes(self, index: int) -> RuntimeRegistry | None:
+        """Device ``index``'s runtimes: its kind's (default: all); in light mode through the shared
+        sessions."""
+        kinds = self._kinds
+        if self.sessions is None:
+            return kinds[index % len(kinds)].registry() if kinds else None
+        # One registry per kind, shared by its devices (it holds no device's state): building one
+        # looks the installed runtimes up, which for 10,000 devices took longer than connecting them.
+        kind = index % len(kinds) if kinds else 0
+        shared = self._shared.get(kind)
+        if shared is None:
+            base = kinds[kind].registry() if kinds else RuntimeRegistry()
+            shared = self._shared[kind] = SharedRuntimes(base, self.sessions)
+        return shared
 
     def toggle_shift(self, out: TextIO | None = None) -> None:
         """Switch the traffic's input shifts off when on, on when off (what SHIFT_SIGNAL does); log it
@@ -206,7 +278,15 @@ class Fleet:
                     if task is not None and task in done and task.exception() is not None:
                         raise RuntimeError(f"{task.get_name()} failed") from task.exception()
                 if all_ready in done:
-                    _write_line(out, {"event": "ready", "devices": len(self.agents), "sockets": self.sockets})
+                    _write_line(
+                        out,
+                        {
+                            "event": "ready",
+                            "devices": len(self.agents),
+                            "light": self.light,
+                            "sockets": self.sockets,
+                        },
+                    )
         finally:
             stop.set()
             await cancel_and_wait([all_ready, stopped, *([traffic] if traffic is not None else [])])
@@ -224,21 +304,55 @@ class Fleet:
 
     async def _run_one(self, index: int, stop: asyncio.Event) -> None:
         """Run one agent; when it asks for a restart (a firmware slot switch), start it again."""
+        delay = self.start_delays[index]
+        if delay > 0:
+            # The device's turn to connect: a timer, cut short by a stop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+        first = True
         while True:
             agent = self.agents[index]
-            await agent.run(stop)
+            if first:
+                await self._run_first(agent, stop)
+                first = False
+            else:
+                await agent.run(stop)
             if stop.is_set() or not agent.restart_requested.is_set():
                 return
             # What a device's service manager does: the same config and state folder, a fresh process.
-            kinds = self._kinds
             restarted = Agent(
                 agent.config,
                 channels=self.channels,
                 sync_channels=self.sync_channels,
-                runtimes=kinds[index % len(kinds)].registry() if kinds else None,
+                runtimes=self._runtimes(index),
             )
             restarted.ready.set()  # it was ready once; the ready line is not printed again
             self.agents[index] = restarted
+
+    async def _run_first(self, agent: Agent, stop: asyncio.Event) -> None:
+        """Run ``agent``, holding one of the fleet's handshake places until it is connected.
+
+        Every device of the fleet shares this process's one event loop: thousands of handshakes
+        started together make each wait behind all the others, past the client's own 10 s timeout,
+        and the timed-out ones retry into the same crowd. A few hundred in flight keep each one
+        short, and the broker still sees connections as fast as this process can make them. A device
+        that cannot connect gives its place up after HANDSHAKE_HOLD_S and keeps retrying outside.
+        """
+        if self._handshakes is None:
+            await agent.run(stop)
+            return
+        async with self._handshakes:
+            running = asyncio.ensure_future(agent.run(stop))
+            ready = asyncio.ensure_future(agent.ready.wait())
+            try:
+                await asyncio.wait(
+                    {running, ready}, timeout=HANDSHAKE_HOLD_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                ready.cancel()
+        await running
 
 
 async def run_fleet(
@@ -262,13 +376,17 @@ async def run_fleet(
     trial: TrialConfig | None = None,
     traffic: TrafficPlan | None = None,
     err: TextIO | None = None,
+    light: bool = False,
+    connect_rate: float = 0.0,
 ) -> None:
     """Run ``n`` agents (``sim-0001``..) under ``base_dir`` until ``stop_event`` is set.
 
     ``local_api_devices``: how many of the first devices serve a local API socket
     (None: all). ``labels`` go to every device; ``label_mix`` shares values out by device
     index. ``traffic``: synthetic requests every device serves (None: none), summed up on ``err``
-    (stderr) at the end. The caller turns SIGINT/SIGTERM into ``stop_event`` (the CLI does).
+    (stderr) at the end. ``light``: share one onnxruntime session per artifact (see
+    :mod:`edge_agent.sim_light`); ``connect_rate``: devices connecting per second (0: all at once).
+    The caller turns SIGINT/SIGTERM into ``stop_event`` (the CLI does).
     """
     fleet_ = Fleet(
         n,
@@ -287,5 +405,7 @@ async def run_fleet(
         firmware=firmware,
         trial=trial,
         traffic=traffic,
+        light=light,
+        connect_rate=connect_rate,
     )
     await fleet_.run(stop_event, out=out, err=err)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +43,12 @@ from edge_agent.serving import LoadedModel, ServingSlot
 from edge_agent.state import MAX_REFUSED, PersistentState, Refusal
 from edge_agent.store import ArtifactStore
 from edge_agent.tensors import SUPPORTED_DTYPES
-from edge_agent.trial import TrialSession
+from edge_agent.trial import PolicyInForce, TrialSession, policy_in_force
 from edge_agent.update_machine import UpdateEvent
+from edge_agent.usage import rss_bytes
 from edge_agent.verify import ArtifactVerifier
 from edgefleet_proto.v1 import common_pb2, desired_pb2, event_pb2, profile_pb2
+from model_tools.graph_signature import GraphSignatureError, onnx_graph_signature
 
 # The gate named in the verdict of a trial the hub withdrew (a newer desired state names another version).
 WITHDRAWN = "withdrawn"
@@ -71,6 +74,13 @@ class Reporter(Protocol):
         generation: int = 0,
         details: Mapping[str, DetailValue] | None = None,
     ) -> None: ...
+
+
+def _class_distribution(path: Path) -> list[float] | None:
+    """The class distribution of the data profile at ``path``; None when it has none."""
+    profile = profile_pb2.DataProfile.FromString(path.read_bytes())
+    shares = list(profile.class_distribution)
+    return shares if len(shares) >= 2 and sum(shares) > 0 else None
 
 
 def profile_ref(ref: common_pb2.ModelRef) -> common_pb2.ModelRef | None:
@@ -103,6 +113,7 @@ class Attempt:
     class_distribution: list[float] | None = None
     profile_note: str = ""
     session: TrialSession | None = None
+    policy: PolicyInForce | None = None
     verdict: Verdict | None = None
 
     @property
@@ -127,6 +138,45 @@ def keep_set(*refs: common_pb2.ModelRef | None) -> set[str]:
         if profile is not None:
             keep.add(profile.sha256)
     return keep
+
+
+def _io_schema(runtime: ModelRuntime) -> tuple[tuple[str, str, str, tuple[int, ...]], ...]:
+    return tuple(
+        (side, spec.name, spec.dtype, tuple(spec.shape))
+        for side, specs in (("in", runtime.inputs), ("out", runtime.outputs))
+        for spec in specs
+    )
+
+
+def _outputs(runtime: ModelRuntime) -> tuple[tuple[str, tuple[object, ...]], ...]:
+    return tuple((spec.dtype, tuple(spec.shape)) for spec in runtime.outputs)
+
+
+def architecture(
+    previous: LoadedModel | None,
+    previous_path: Path | None,
+    ref: common_pb2.ModelRef,
+    path: Path,
+    runtime: ModelRuntime,
+) -> str:
+    """How ``ref`` relates to the version serving: "first" (none serves), "changed" (another format,
+    input/output schema or ONNX graph) or "same" (a retrain: the same graph with other weights).
+
+    Reads both ONNX files' graphs (not their weights): run it in a worker thread.
+    """
+    if previous is None:
+        return "first"
+    if previous.ref.format != ref.format or _io_schema(previous.runtime) != _io_schema(runtime):
+        return "changed"
+    if ref.format == "onnx" and previous_path is not None:
+        try:
+            same = onnx_graph_signature(previous_path) == onnx_graph_signature(path)
+        except GraphSignatureError as e:
+            # Unreadable graph: judge as a retrain, the stricter of the two defaults.
+            log.warning("cannot compare model graphs, judging as the same architecture: %s", e)
+            return "same"
+        return "same" if same else "changed"
+    return "same"
 
 
 def _warm_up(runtime: ModelRuntime) -> None:
@@ -162,6 +212,11 @@ class Steps:
     pending: Callable[[], desired_pb2.DesiredState | None]
     wake: asyncio.Event
     last_failure: str = ""
+    # For the status: the policy that judged the newest trial, and the last load's cost.
+    policy_source: str = ""
+    policy_digest: str = ""
+    last_load_ms: float = 0.0
+    session_memory_bytes: int = 0
 
     def fail(
         self, kind: event_pb2.EventKind.ValueType, attempt: Attempt, reason: str, **details: DetailValue
@@ -281,11 +336,20 @@ class Steps:
                 factor=self.limits.load_memory_factor,
                 reserve=self.limits.min_free_memory_bytes,
             )
+            # Wall time of the work itself (not the agent's clock, which tests freeze), and the resident
+            # memory the new session added: process-wide, so concurrent work blurs it a little.
+            rss_before, started = rss_bytes(), time.perf_counter()
             runtime = await self._in_thread(
                 f"loading {ref.name}:{ref.version}",
                 lambda: self.runtimes.load(ref.format, path, self.runtime_options),
             )
             await self._in_thread(f"a first run of {ref.name}:{ref.version}", lambda: _warm_up(runtime))
+            self.last_load_ms = (time.perf_counter() - started) * 1000
+            self.session_memory_bytes = max(0, rss_bytes() - rss_before)
+            self.logger.info(
+                "loaded model=%s:%s in %.1f ms, session memory %d bytes",
+                ref.name, ref.version, self.last_load_ms, self.session_memory_bytes,
+            )  # fmt: skip
         except InferenceError as e:
             self.fail(K.EVENT_KIND_INSTALL_FAILED, attempt, f"the model loads but fails on a first run: {e}")
             return E.FAIL
@@ -300,16 +364,37 @@ class Steps:
     def _read_profile(self, attempt: Attempt, path: Path) -> None:
         # A profile that does not parse costs the divergence baseline, not the update.
         try:
-            profile = profile_pb2.DataProfile.FromString(path.read_bytes())
+            shares = _class_distribution(path)
         except (OSError, DecodeError) as e:
             attempt.profile_note = f"data profile unusable ({e}); judging against the previous version"
             return
-        shares = list(profile.class_distribution)
-        if len(shares) >= 2 and sum(shares) > 0:
+        if shares is not None:
             attempt.class_distribution = shares
         else:
             attempt.profile_note = (
                 "data profile has no class distribution; judging against the previous version"
+            )
+
+    def _previous_profile(self, attempt: Attempt, previous: LoadedModel) -> None:
+        """For a new architecture without a profile of its own: the previous version's class distribution.
+
+        A new architecture is never judged against the previous model's answers, but with the same
+        output (the same task) the class distribution its data profile measured is still the baseline
+        the new one must not stray from. Without it, a new graph that always gives one answer would be
+        judged on latency and errors alone.
+        """
+        ref = profile_ref(previous.ref)
+        if ref is None or attempt.runtime is None or _outputs(attempt.runtime) != _outputs(previous.runtime):
+            return
+        try:
+            shares = _class_distribution(self.store.path_for(ref.sha256))
+        except (OSError, DecodeError):
+            return  # the previous version's profile is gone or damaged: no baseline, as without one
+        if shares is not None:
+            attempt.class_distribution = shares
+            attempt.profile_note = (
+                f"a new architecture without a data profile: judged against {previous.ref.name}:"
+                f"{previous.ref.version}'s profile"
             )
 
     # -- the swap and the trial ----------------------------------------------------------------------
@@ -326,27 +411,38 @@ class Steps:
             return E.FAIL
         previous = self.serving.current
         candidate = LoadedModel(ref=ref, runtime=attempt.runtime)
-        judge = TrialJudge(self.trial, mode=self.trial.mode, profile_distribution=attempt.class_distribution)
+        policy = await self._policy(attempt, previous)
+        config = policy.config
+        judge = TrialJudge(
+            config,
+            mode=config.mode,
+            profile_distribution=attempt.class_distribution,
+            context={"policy_source": policy.source, "policy_digest": policy.digest},
+        )
         session = TrialSession(
             candidate=candidate,
             previous=previous,
-            config=self.trial,
+            config=config,
             judge=judge,
             serving=self.serving,
             clock=self.clock,
             started_wall_ms=self.clock.wall_ms(),
         )
         attempt.session = session
-        if not self.trial.enabled:
+        if not config.enabled:
             return E.DONE
         session.start()
         if session.mode is TrialMode.SERVE:
             self._report_activated(attempt, previous)
+        reference = config.divergence_reference
+        if reference == "auto":
+            reference = "profile" if attempt.class_distribution is not None else "previous"
         details: dict[str, DetailValue] = {
             "mode": session.mode.value,
-            "window_requests": self.trial.window_requests,
-            "window_s": float(self.trial.window_s),
-            "baseline": "profile" if attempt.class_distribution is not None else "previous",
+            "window_requests": config.window_requests,
+            "window_s": float(config.window_s),
+            "baseline": reference,
+            **policy.details(),
         }
         if attempt.profile_note:
             details["profile"] = attempt.profile_note
@@ -354,6 +450,27 @@ class Steps:
         self.logger.info("trial of %s:%s started (%s)", ref.name, ref.version, session.mode.value)
         self.on_change()
         return E.DONE
+
+    async def _policy(self, attempt: Attempt, previous: LoadedModel | None) -> PolicyInForce:
+        """The trial policy in force for this attempt (the desired state's, over this device's config)."""
+        assert attempt.path is not None and attempt.runtime is not None
+        runtime, path = attempt.runtime, attempt.path
+        previous_path = self.store.path_for(previous.ref.sha256) if previous is not None else None
+        try:
+            arch = await self._in_thread(
+                "comparing model graphs",
+                lambda: architecture(previous, previous_path, attempt.ref, path, runtime),
+            )
+        except StepTimeoutError:
+            arch = "same"
+        if arch == "changed" and attempt.class_distribution is None and previous is not None:
+            self._previous_profile(attempt, previous)
+        carried = attempt.desired.trial_policy if attempt.desired.HasField("trial_policy") else None
+        # check_desired refused a policy that does not parse, so this one does.
+        policy = policy_in_force(self.trial, carried, architecture=arch)
+        attempt.policy = policy
+        self.policy_source, self.policy_digest = policy.source, policy.digest
+        return policy
 
     def _report_activated(self, attempt: Attempt, previous: LoadedModel | None) -> None:
         ref = attempt.ref
@@ -370,7 +487,8 @@ class Steps:
         session = attempt.session
         if session is None:
             raise RuntimeError("TRIAL entered without a trial session")
-        if not self.trial.enabled:
+        enabled = attempt.policy.config.enabled if attempt.policy is not None else self.trial.enabled
+        if not enabled:
             attempt.verdict = Verdict(True, "none", "trials are disabled on this device")
             return E.PASS
         while session.verdict is None:

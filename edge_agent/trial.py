@@ -21,18 +21,92 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from edge_agent.clock import Clock
 from edge_agent.config import TrialConfig, TrialMode
+from edge_agent.details import DetailValue
 from edge_agent.errors import InferenceError, InputError
 from edge_agent.gates import TrialJudge, Verdict
 from edge_agent.serving import LoadedModel, Prediction, ServingSlot
 from edge_agent.tensors import Array, check_inputs
-from edgefleet_proto.v1 import device_pb2
+from edgefleet_proto.v1 import common_pb2, device_pb2
+from model_tools.trial_policy import TrialPolicy, policy_digest
 
-__all__ = ["TrialSession"]
+__all__ = ["DEVICE_SOURCE", "PolicyInForce", "TrialSession", "policy_in_force"]
 
 log = logging.getLogger(__name__)
+
+# The source reported when the desired state carried no policy (a hub older than trial policies).
+DEVICE_SOURCE = "device"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInForce:
+    """The trial configuration one trial runs under, and which policy it came from."""
+
+    config: TrialConfig
+    source: str
+    digest: str
+    # "same" (the previous version's graph), "changed" (another graph or schema), "first" (no previous).
+    architecture: str
+
+    def details(self) -> dict[str, DetailValue]:
+        """What an event says about the policy that judged."""
+        cfg = self.config
+        return {
+            "policy_source": self.source,
+            "policy_digest": self.digest,
+            "architecture": self.architecture,
+            "latency_budget_ms": float(cfg.latency_budget_ms),
+            "latency_ratio": float(cfg.max_latency_ratio),
+            "divergence_reference": cfg.divergence_reference,
+        }
+
+
+def policy_in_force(
+    base: TrialConfig, carried: common_pb2.TrialPolicy | None, *, architecture: str
+) -> PolicyInForce:
+    """The device's trial config with the carried policy laid over it.
+
+    Fields the policy leaves out take the device's defaults. For a retrained version those are
+    the configured ones (judged against the previous version). For an architecture change they
+    never look at the previous model: its latency and answers say nothing about a different graph,
+    so there is no ratio gate, no disagreement gate, the divergence baseline is the bundle's own
+    profile, and the p95 budget is the configured one (``latency_budget_ms``, else
+    ``new_architecture_budget_ms``).
+    """
+    policy = TrialPolicy.from_proto(carried) if carried is not None else TrialPolicy()
+    source = carried.source if carried is not None and carried.source else DEVICE_SOURCE
+    cfg = base
+    if architecture == "changed":
+        cfg = replace(
+            cfg,
+            latency_budget_ms=cfg.latency_budget_ms or cfg.new_architecture_budget_ms,
+            max_latency_ratio=0.0,
+            divergence_reference="profile",
+            max_disagreement=1.0,
+        )
+    changes: dict[str, object] = {}
+    if policy.mode is not None:
+        changes["mode"] = TrialMode(policy.mode)
+    for key in ("window_s", "window_requests", "min_requests", "max_error_rate", "max_disagreement"):
+        value = getattr(policy, key)
+        if value is not None:
+            changes[key] = value
+    if policy.latency is not None:
+        # A latency policy sets exactly the gates it names: the one it leaves out is off.
+        changes["latency_budget_ms"] = policy.latency.budget_ms or 0.0
+        changes["max_latency_ratio"] = policy.latency.ratio or 0.0
+    if policy.divergence is not None:
+        changes["divergence_reference"] = policy.divergence.reference.value
+        if policy.divergence.limit is not None:
+            changes["max_divergence"] = policy.divergence.limit
+    cfg = replace(cfg, **changes)  # type: ignore[arg-type]
+    # The previous version runs beside the new one only for a gate that reads its figures.
+    needs_previous = bool(cfg.max_latency_ratio) or cfg.divergence_reference in ("auto", "previous")
+    cfg = replace(cfg, compare_previous=base.compare_previous and needs_previous)
+    return PolicyInForce(config=cfg, source=source, digest=policy_digest(policy), architecture=architecture)
 
 
 class TrialSession:

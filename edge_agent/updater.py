@@ -44,7 +44,7 @@ from edge_agent.store import ArtifactStore
 from edge_agent.trial import TrialSession
 from edge_agent.update_machine import BEFORE_SWAP, RESTING, UpdateEvent, UpdateMachine, UpdateState
 from edge_agent.verify import ArtifactVerifier, DesiredDecoder, PinnedDigestVerifier, ProtobufDesiredDecoder
-from edgefleet_proto.v1 import desired_pb2, event_pb2
+from edgefleet_proto.v1 import desired_pb2, device_pb2, event_pb2
 
 __all__ = ["Reporter", "UpdateEvent", "UpdateState", "Updater"]
 
@@ -153,6 +153,14 @@ class Updater:
     @property
     def last_failure(self) -> str:
         return self.steps.last_failure
+
+    def fill_status(self, msg: device_pb2.DeviceStatus) -> None:
+        """The status fields the updater owns: which trial policy judged, and the last load's cost."""
+        steps = self.steps
+        msg.trial_policy_source = steps.policy_source
+        msg.trial_policy_digest = steps.policy_digest
+        msg.last_load_ms = steps.last_load_ms
+        msg.session_memory_bytes = steps.session_memory_bytes
 
     @property
     def trial(self) -> TrialSession | None:

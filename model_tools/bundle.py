@@ -27,6 +27,7 @@ from typing import Any
 from model_tools.atomic import atomic_write
 from model_tools.errors import BundleError
 from model_tools.hashing import sha256_file
+from model_tools.trial_policy import TrialPolicyError, parse_trial_policy
 
 __all__ = [
     "FORMATS",
@@ -171,9 +172,18 @@ class BundleManifest:
     rejected: tuple[RejectedVariant, ...] = ()
     gate_policy: dict[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
+    # The trial policy devices judge this version with unless a rollout or an assignment sets
+    # another (model_tools.trial_policy); None: the device's defaults.
+    trial_policy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.trial_policy is not None:
+            try:
+                canonical = parse_trial_policy(self.trial_policy).to_dict()
+            except TrialPolicyError as e:
+                raise BundleError(f"bundle {self.name} {self.version}: manifest {e}") from e
+            object.__setattr__(self, "trial_policy", canonical)
 
     def variant(self, name: str) -> VariantEntry:
         for v in self.variants:
@@ -204,6 +214,8 @@ class BundleManifest:
             "rejected": [r.to_dict() for r in self.rejected],
             "profile": self.profile.to_dict(),
             "gate_policy": self.gate_policy,
+            # Left out when unset, so manifests written before trial policies keep their bytes.
+            **({"trial_policy": self.trial_policy} if self.trial_policy is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -231,6 +243,7 @@ class BundleManifest:
             rejected=tuple(_rejected(v) for v in r.list_("rejected", default=[])),
             profile=_profile(r.child("profile")),
             gate_policy=r.dict_("gate_policy", default={}),
+            trial_policy=r.data.get("trial_policy"),
         )
 
     @classmethod

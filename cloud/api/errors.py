@@ -34,6 +34,7 @@ from cloud import errors
 from cloud.api.requestctx import current_request_id
 from cloud.api.routes.tuf import SigningUnavailableError
 from cloud.db import DatabaseError
+from cloud.storage import StorageError
 from cloud.tuf.errors import NotInitializedError
 
 __all__ = [
@@ -65,6 +66,7 @@ _STATUS: dict[type[errors.HubError], int] = {
     DatabaseError: 503,
     SigningUnavailableError: 503,
     NotInitializedError: 503,
+    StorageError: 503,
 }
 
 # Bounds on what a validation problem repeats of the request: field names can be the caller's own
@@ -111,6 +113,16 @@ def problem_response(
         "request_id": current_request_id(),
     }
     body.update(extra)
+    # Every refusal is in the log, with the id the caller was given: a 413 or a 401 is often the only
+    # trace of a misconfigured client. Whitespace is folded so a caller's input cannot forge log lines.
+    log.log(
+        logging.ERROR if status >= 500 else logging.WARNING,
+        "refused request %s: %d %s: %s",
+        body["request_id"],
+        status,
+        _clip(" ".join(instance.split()), 200),
+        _clip(" ".join(detail.split()), 500),
+    )
     return ProblemResponse(body, status_code=status, headers=dict(headers) if headers else None)
 
 

@@ -14,6 +14,7 @@ import typer
 from cloud.cli import alerts as cli_alerts
 from cloud.cli import audit as cli_audit
 from cloud.cli import cohorts as cli_cohorts
+from cloud.cli import db as cli_db
 from cloud.cli import devices as cli_devices
 from cloud.cli import firmware as cli_firmware
 from cloud.cli import identity as cli_identity
@@ -75,6 +76,7 @@ app.add_typer(cli_keys.keys_app, name="keys")  # fleet keys init|rotate|sign|sta
 app.add_typer(cli_firmware.firmware_app, name="firmware")  # fleet firmware build|delta|push|ls|assign
 app.add_typer(cli_tokens.tokens_app, name="tokens")  # fleet tokens create|ls|revoke
 app.add_typer(cli_audit.audit_app, name="audit")  # fleet audit ls
+app.add_typer(cli_db.db_app, name="db")  # fleet db upgrade|current|history|check: on the database itself
 
 
 def _client(hub_url: str, token: str | None) -> HubClient:
@@ -207,6 +209,7 @@ def _when(value: Any) -> str:
         "fleet assign --model digits-mlp --version 1.0.0 --device cam-01 --device cam-02",
         "fleet assign --model digits-mlp --version 1.0.0 --label site=lab",
         "fleet assign --model digits-mlp --version 1.0.0 --label 'site in (lab,office),!retired'",
+        "fleet assign --model resnet --version 2.0.0 -d cam-01 --trial-policy policy.json",
     )
 )
 def assign(
@@ -223,6 +226,14 @@ def assign(
             "key notin (a,b), key, !key; comma-separated requirements must all hold.",
         ),
     ] = None,
+    trial_policy: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE|JSON",
+            help="How the devices judge the version's trial: a JSON file or inline JSON "
+            "(see docs/rollouts.md, Trial policy). Comes before the rollout plan's and the bundle's.",
+        ),
+    ] = None,
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
     output: OutputOpt = Output.table,
@@ -237,9 +248,12 @@ def assign(
         selector = cli_cohorts.check_selector(label, "--label")
         if not selector:
             raise usage_error("--label: expected a selector with at least one requirement, got none")
+    policy = cli_rollouts.trial_policy_option(trial_policy)
     try:
         with _client(hub_url, token) as c:
-            result = c.assign(model=model, version=version, devices=device, selector=selector)
+            result = c.assign(
+                model=model, version=version, devices=device, selector=selector, trial_policy=policy
+            )
     except HubError as e:
         raise _fail(e) from e
     if output is Output.json:
@@ -251,6 +265,7 @@ def assign(
 @app.command(
     epilog=example(
         "fleet simulate --devices 20",
+        "fleet simulate --devices 10000 --light --connect-rate 500",
         "EDGEFLEET_DATA_DIR=/tmp/ef fleet simulate --devices 100",
         "fleet simulate --devices 100 --label-mix region=north:50,region=south:50 "
         "--traffic-rate 1 --traffic-data digits --shift region=north:0.5",
@@ -361,6 +376,21 @@ def simulate(
             help="Share of answers whose true label y goes back as feedback (default: the agent's, 0.5).",
         ),
     ] = None,
+    light: Annotated[
+        bool,
+        typer.Option(
+            "--light",
+            help="Light mode for large fleets (10,000 devices on one machine): the devices share one "
+            "onnxruntime session per artifact (by sha256), keep their outboxes in memory and ping the "
+            "broker every 120 s; each keeps its own state, trust metadata and broker connection.",
+        ),
+    ] = False,
+    connect_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0, metavar="R", help="Devices that connect per second at start, jittered (0: all at once)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Run N real agents in one process (each with its own state folder) until interrupted.
 
@@ -423,6 +453,10 @@ def simulate(
         argv += ["--firmware-hardware", firmware_hardware]
     if firmware_factory is not None:
         argv += ["--firmware-factory", str(firmware_factory)]
+    if light:
+        argv += ["--light"]
+    if connect_rate:
+        argv += ["--connect-rate", f"{connect_rate:g}"]
     if trial_window is not None:
         argv += ["--trial-window", f"{trial_window:g}"]
     os.execv(sys.executable, argv)  # noqa: S606 - argv is built here, no shell

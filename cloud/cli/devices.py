@@ -163,6 +163,20 @@ def devices_show(
     _print_device(device)
 
 
+def _policy(d: dict[str, Any]) -> str:
+    source = d.get("trial_policy_source") or ""
+    digest = d.get("trial_policy_digest") or ""
+    return f"{source} ({digest[:12]})" if source and digest else source or "-"
+
+
+def _load(d: dict[str, Any]) -> str:
+    ms = float(d.get("last_load_ms") or 0.0)
+    if ms <= 0:
+        return "-"
+    mib = int(d.get("session_memory_bytes") or 0) / (1024 * 1024)
+    return f"{ms:.0f} ms, {mib:.1f} MiB"
+
+
 def _print_device(d: dict[str, Any]) -> None:
     labels = ", ".join(f"{k}={v}" for k, v in sorted((d.get("labels") or {}).items())) or "-"
     firmware = d.get("firmware_version") or "-"
@@ -181,6 +195,10 @@ def _print_device(d: dict[str, Any]) -> None:
         ("trial", trial_label(d.get("trial"))),
         ("agent", d.get("agent_version") or "-"),
         ("firmware", firmware),
+        ("trusted root", f"version {d['trusted_root_version']}" if d.get("trusted_root_version") else "-"),
+        ("queue", f"{d.get('queued_messages', 0)} queued, {d.get('dropped_messages', 0)} dropped"),
+        ("trial policy", _policy(d)),
+        ("last load", _load(d)),
         ("first seen", _seen(d.get("first_seen"))),
         ("last seen", _seen(d.get("last_seen"))),
     ]

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.live import Live
 
 from cloud.cli.common import (
@@ -36,6 +38,7 @@ from cloud.cli.common import (
 from cloud.cli.paging import AllOpt, CursorOpt, LimitOpt, fetch_rows, note_more
 from cloud.cli.rollout_view import FINAL_STATES, render_rollout, stage_label, target_label, when_label
 from cloud.client.hub import DEFAULT_HUB_URL, HubClient, HubError, resolve_token
+from model_tools.trial_policy import TrialPolicyError, read_trial_policy
 
 __all__ = ["rollouts_app"]
 
@@ -116,6 +119,13 @@ def rollouts_create(
             help="Take over devices another active rollout of the same kind holds (it is superseded).",
         ),
     ] = False,
+    trial_policy: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE|JSON",
+            help="The plan's trial policy (a JSON file or inline JSON), in place of its trial_policy key.",
+        ),
+    ] = None,
     output: OutputOpt = Output.table,
     hub_url: HubUrl = DEFAULT_HUB_URL,
     token: Token = None,
@@ -133,6 +143,9 @@ def rollouts_create(
         except (OSError, UnicodeDecodeError) as e:
             raise fail(f"cannot read the plan {file}: {e}") from e
         content_type = "application/json" if path.suffix.lower() == ".json" else "application/yaml"
+    policy = trial_policy_option(trial_policy)
+    if policy is not None:
+        text, content_type = _with_trial_policy(text, policy), "application/json"
     view = hub_call(
         hub_url, token, lambda c: c.create_rollout(text, content_type=content_type, supersede=supersede)
     )
@@ -143,6 +156,27 @@ def rollouts_create(
         f"state {view['state']}; follow it with: fleet rollouts watch {view['id'][:8]}",
         soft_wrap=True,
     )
+
+
+def trial_policy_option(value: str | None) -> dict[str, Any] | None:
+    """``--trial-policy FILE|JSON`` checked here, so that a fault names its field before any call."""
+    if value is None:
+        return None
+    try:
+        return read_trial_policy(value).to_dict()
+    except TrialPolicyError as e:
+        raise usage_error(f"--trial-policy: {e}") from e
+
+
+def _with_trial_policy(text: str, policy: dict[str, Any]) -> str:
+    """The plan with its top-level ``trial_policy`` set (the hub validates the rest of it)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise fail(f"the plan is not YAML or JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise fail(f"the plan: expected a mapping at the top, got {type(data).__name__}")
+    return json.dumps({**data, "trial_policy": policy})
 
 
 @rollouts_app.command(

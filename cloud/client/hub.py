@@ -160,8 +160,10 @@ class HubClient:
         version: str,
         devices: list[str] | None = None,
         selector: dict[str, str] | str | None = None,
+        trial_policy: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """``selector``: ``{key: value}`` pairs, or a selector's text such as ``"site in (a,b),!retired"``."""
+        """``selector``: ``{key: value}`` pairs, or a selector's text such as ``"site in (a,b),!retired"``;
+        ``trial_policy``: how the devices judge the version's trial (model_tools.trial_policy)."""
         if bool(devices) == bool(selector):
             raise HubError("assign needs either device ids or a label selector, not both and not neither")
         body: dict[str, Any] = {"model": model, "version": version}
@@ -169,6 +171,8 @@ class HubClient:
             body["devices"] = devices
         else:
             body["selector"] = selector
+        if trial_policy is not None:
+            body["trial_policy"] = trial_policy
         result: dict[str, Any] = self._request("POST", "/api/v1/assignments", json=body)
         return result
 

@@ -12,6 +12,7 @@ topic's channel, a scheduler job id.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,10 +34,13 @@ from prometheus_client.registry import Collector
 __all__ = [
     "CHANNELS",
     "JOB_FAILED",
+    "JOB_NOT_LEADER",
+    "HealMetrics",
     "HttpMetrics",
     "HubMetrics",
     "IngestMetrics",
     "JobMetrics",
+    "LeaderMetrics",
     "channel_of",
 ]
 
@@ -45,6 +49,9 @@ CHANNELS = frozenset({"status", "telemetry", "sketch", "events"})
 # What a job that logs and swallows its own errors returns for a failed run: the listener counts it
 # as a failure without APScheduler logging the same traceback a second time.
 JOB_FAILED = False
+# What a periodic job returns when this replica is not the scheduler leader (cloud.leader) and skipped
+# its run: counted apart, so that ``edgefleet_scheduler_job_runs`` summed over replicas is the runs done.
+JOB_NOT_LEADER = "not-leader"
 
 # Seconds; ingest commits in milliseconds, a lagging device reports windows minutes or hours late.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -178,6 +185,12 @@ class JobMetrics:
             ["job_id"],
             registry=registry,
         )
+        self.follower_skips = Counter(
+            "edgefleet_scheduler_job_follower_skips",
+            "Scheduler job runs this replica skipped because another replica leads the scheduled jobs.",
+            ["job_id"],
+            registry=registry,
+        )
 
     def attach(self, scheduler: BaseScheduler) -> None:
         """Count the jobs of ``scheduler`` (before or after it starts)."""
@@ -191,6 +204,13 @@ class JobMetrics:
             return
         if not isinstance(event, JobExecutionEvent):
             return
+        if isinstance(event.retval, str) and event.retval == JOB_NOT_LEADER:
+            self.follower_skips.labels(job).inc()
+            # A former leader's last success would age into EdgefleetSchedulerJobStalled: the job runs
+            # elsewhere now, and that replica's series speaks for it.
+            with contextlib.suppress(KeyError):
+                self.last_success.remove(job)
+            return
         now = self._clock()
         self.runs.labels(job).inc()
         self.duration.labels(job).observe(max(0.0, now - event.scheduled_run_time.timestamp()))
@@ -199,6 +219,56 @@ class JobMetrics:
         else:
             self.last_success.labels(job).set(now)
             self.failures.labels(job)  # a zero series, so that increase() sees the first failure
+
+
+class LeaderMetrics:
+    """Whether this replica leads the scheduled jobs (cloud.leader), and how often that changed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.leader = Gauge(
+            "edgefleet_scheduler_leader",
+            "1 while this hub replica leads the scheduled jobs of its fleet, else 0.",
+            registry=registry,
+        )
+        self.changes = Counter(
+            "edgefleet_scheduler_leadership_changes",
+            "Times this replica became leader or stopped being leader.",
+            ["to"],
+            registry=registry,
+        )
+        for to in ("leader", "follower"):
+            self.changes.labels(to)
+
+    def set_leader(self, leading: bool) -> None:
+        self.leader.set(1.0 if leading else 0.0)
+
+    def changed(self, leading: bool) -> None:
+        self.set_leader(leading)
+        self.changes.labels("leader" if leading else "follower").inc()
+
+
+class HealMetrics:
+    """Re-reads of the retained statuses (cloud.transport.mqtt) and what asked for them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.heals = Counter(
+            "edgefleet_mqtt_status_rereads",
+            "Times the hub re-read the retained device statuses to heal messages the broker dropped.",
+            registry=registry,
+        )
+        self.triggers = Counter(
+            "edgefleet_mqtt_heal_triggers",
+            "What asked for a re-read: the broker's dropped count moved, or a telemetry seq gap.",
+            ["reason"],
+            registry=registry,
+        )
+        self.seq_gaps = Counter(
+            "edgefleet_ingest_telemetry_seq_gaps",
+            "Telemetry windows missing between a device's stored seq and the next one received.",
+            registry=registry,
+        )
+        for reason in ("broker_dropped", "seq_gap"):
+            self.triggers.labels(reason)
 
 
 class _Callback(Collector):
@@ -257,6 +327,8 @@ class HubMetrics:
         self.ingest = IngestMetrics(self.registry)
         self.http = HttpMetrics(self.registry)
         self.jobs = JobMetrics(self.registry)
+        self.leader = LeaderMetrics(self.registry)
+        self.heal = HealMetrics(self.registry)
         self._parts = _Callback()
         self.registry.register(self._parts)
 

@@ -49,6 +49,7 @@ from cloud.rollouts.offers import lock_devices, offer, restore
 from cloud.rollouts.plan import RolloutPlan, Stage
 from cloud.rollouts.service import SYSTEM, lock_rollout, record_transition
 from cloud.services import desired
+from model_tools.trial_policy import PolicySource
 
 __all__ = ["LEASE", "OWNER", "rate_window", "tick"]
 
@@ -192,7 +193,7 @@ def _act(session: Session, rollout: Rollout, plan: RolloutPlan, now: datetime) -
         _plan_next(rollout, "paused: waiting for an operator to resume, abort or roll back", None)
         return _Step()
     stage = plan.stages[rollout.stage]
-    figures = stage_figures(session, rollout, rollout.stage, now=now)
+    figures = stage_figures(session, rollout, rollout.stage, now=now, offline_grace=_grace(plan))
     verdict = judge_all(figures, plan.gates)
     if verdict.outcome == "fail":
         event = (
@@ -215,7 +216,7 @@ def _act(session: Session, rollout: Rollout, plan: RolloutPlan, now: datetime) -
     in_stage = _offered_count(session, rollout.id, rollout.stage)
     if state is RolloutState.RUNNING:
         if remaining == 0 and in_stage >= stage.min_devices:
-            figures = stage_figures(session, rollout, rollout.stage, now=now)
+            figures = stage_figures(session, rollout, rollout.stage, now=now, offline_grace=_grace(plan))
             done = _transition(
                 session, rollout, RolloutEvent.STAGE_OFFERED, now,
                 f"every device of stage {stage.name} was offered ({in_stage} so far)",
@@ -228,11 +229,22 @@ def _act(session: Session, rollout: Rollout, plan: RolloutPlan, now: datetime) -
             why = f"stage {stage.name} has {needs}: waiting for more"
         _plan_next(rollout, why, next_at)
         return step
-    return _bake(session, rollout, stage, verdict, step, now=now)
+    return _bake(session, rollout, stage, verdict, step, now=now, offline_grace=_grace(plan))
+
+
+def _grace(plan: RolloutPlan) -> timedelta:
+    return timedelta(seconds=plan.gates.offline_grace)
 
 
 def _bake(
-    session: Session, rollout: Rollout, stage: Stage, verdict: Verdict, step: _Step, *, now: datetime
+    session: Session,
+    rollout: Rollout,
+    stage: Stage,
+    verdict: Verdict,
+    step: _Step,
+    *,
+    now: datetime,
+    offline_grace: timedelta,
 ) -> _Step:
     baked_at = rollout.state_entered_at + timedelta(seconds=stage.bake)
     if now < baked_at:
@@ -242,7 +254,7 @@ def _bake(
         _plan_next(rollout, f"stage {stage.name} baked; gates wait: {verdict.detail}", None)
         return step
     event = RolloutEvent.BAKED_NEEDS_APPROVAL if stage.approval else RolloutEvent.BAKED
-    figures = stage_figures(session, rollout, rollout.stage, now=now)
+    figures = stage_figures(session, rollout, rollout.stage, now=now, offline_grace=offline_grace)
     done = _transition(
         session, rollout, event, now, f"stage {stage.name} baked {stage.bake:g} s; {verdict.detail}",
         figures=figures_json(rollout.stage, figures, verdict),
@@ -360,6 +372,7 @@ def _offer_stage(
         offer(
             session, rollout_id=rollout.id, stage=rollout.stage, target=target,
             devices=locked, variants=found.variant, now=now,
+            trial_policy=desired.override(plan.trial_policy_for(stage), PolicySource.ROLLOUT),
         )  # fmt: skip
         session.flush()
         step.changed = locked

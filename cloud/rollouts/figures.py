@@ -12,7 +12,8 @@ or a telemetry window from before the offer says nothing about the target.
   each device's figure is computed first, then the devices' figures are combined with a trimmed
   mean in which no device weighs more than the median device. ``requests`` and ``errors`` stay
   plain totals, for display;
-- offline is ``Device.state`` now;
+- offline is ``Device.state`` now, for devices offline longer than the plan's ``offline_grace``
+  (``last_seen`` is when the hub heard the device's last will);
 - ``extra``: the figures of the drift and accuracy gates (``cloud.drift.gates``), from the stage's
   devices' sketch windows, computed only when the plan turns those gates on.
 
@@ -130,8 +131,18 @@ def _weighted_p95(requests: Any) -> Any:
     return func.sum(col(TelemetryWindow.p95_ms) * col(TelemetryWindow.requests)) / func.nullif(requests, 0)
 
 
-def stage_figures(session: Session, rollout: Rollout, stage: int | None, *, now: datetime) -> StageFigures:
-    """The figures of ``stage`` (None: every stage) of ``rollout`` as of ``now``."""
+def stage_figures(
+    session: Session,
+    rollout: Rollout,
+    stage: int | None,
+    *,
+    now: datetime,
+    offline_grace: timedelta = timedelta(0),
+) -> StageFigures:
+    """The figures of ``stage`` (None: every stage) of ``rollout`` as of ``now``.
+
+    A device counts as offline once it has been offline for longer than ``offline_grace``.
+    """
     offered = _offered(rollout, stage)
     devices = int(session.exec(select(func.count()).select_from(offered)).one())
     first_offer = session.exec(select(func.min(offered.c.offered_at))).one()
@@ -155,7 +166,7 @@ def stage_figures(session: Session, rollout: Rollout, stage: int | None, *, now:
         select(func.count())
         .select_from(offered)
         .join(Device, col(Device.id) == offered.c.device_id)
-        .where(Device.state == DeviceState.OFFLINE)
+        .where(Device.state == DeviceState.OFFLINE, col(Device.last_seen) <= now - offline_grace)
     ).one()
 
     target = _per_device(session, offered, _window_on_target(rollout, offered))

@@ -105,7 +105,13 @@ def _previous_firmware(
 
 
 def _set_model(
-    session: Session, device: Device, model_version_id: int, variant_id: int | None, now: datetime
+    session: Session,
+    device: Device,
+    model_version_id: int,
+    variant_id: int | None,
+    now: datetime,
+    *,
+    trial_policy: dict[str, Any] | None = None,
 ) -> None:
     row = session.get(DesiredState, device.id)
     # Never below what the device already applied: a rebuilt database must still issue new generations.
@@ -118,6 +124,7 @@ def _set_model(
     row.variant_id = variant_id
     row.generation = generation
     row.issued_at = now
+    row.trial_policy = trial_policy
     session.add(row)
 
 
@@ -138,8 +145,12 @@ def offer(
     devices: Sequence[Device],
     variants: Mapping[str, int],
     now: datetime,
+    trial_policy: dict[str, Any] | None = None,
 ) -> None:
-    """Make the target the desired state of ``devices`` and record each one's previous state."""
+    """Make the target the desired state of ``devices`` and record each one's previous state.
+
+    ``trial_policy`` is the assignment row's stored override (``desired.override``) for a model.
+    """
     # Held while the loop runs: each device's lookup by id then finds its row in the session.
     rows = _desired_rows(session, DesiredState if target.kind == "model" else DesiredFirmware, devices)
     models: dict[int, ModelVersion | None] = {}
@@ -148,7 +159,7 @@ def offer(
             assert target.model is not None and target.model.id is not None
             row = session.get(DesiredState, device.id)
             previous = _previous_model(session, device, row, models)
-            _set_model(session, device, target.model.id, variants[device.id], now)
+            _set_model(session, device, target.model.id, variants[device.id], now, trial_policy=trial_policy)
         else:
             image = target.images[device.hardware_id]
             assert image.id is not None

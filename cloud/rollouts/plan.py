@@ -35,6 +35,7 @@ from cloud.errors import InvalidInputError
 from cloud.rollouts import gates as gate_registry
 from cloud.rollouts.plan_errors import is_number, problems_error, render_errors, show
 from cloud.rollouts.windows import cron_trigger
+from model_tools.trial_policy import TrialPolicy, TrialPolicyError, parse_trial_policy
 
 __all__ = [
     "Duration",
@@ -81,6 +82,25 @@ def parse_duration(value: object) -> float:
             days, hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
             return days * 86400 + hours * 3600 + minutes * 60 + seconds
     raise PydanticCustomError("duration", "expected a duration (" + _DURATION_TEXT + ")")
+
+
+def _trial_policy(value: object) -> dict[str, Any] | None:
+    """A trial policy (see model_tools.trial_policy), kept as its canonical data; None: not set."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise PydanticCustomError(
+            "trial_policy", "expected a trial policy mapping, got {got}", {"got": show(value)}
+        )
+    try:
+        return parse_trial_policy(value).to_dict()
+    except TrialPolicyError as e:
+        # The policy's own message names its field ("latency.ratio must be >= 1, got 0.5").
+        text = str(e).removeprefix("trial policy: ")
+        raise problems_error([("", text)]) from None
+
+
+TrialPolicyField = Annotated[dict[str, Any] | None, BeforeValidator(_trial_policy)]
 
 
 def _percent(value: object) -> object:
@@ -236,6 +256,8 @@ class Stage(_Model):
     bake: Duration = Field(default=300.0, ge=0)
     max_rate: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     approval: bool = False
+    # Overrides the plan's trial policy for the devices this stage offers the version to.
+    trial_policy: TrialPolicyField = None
 
     EXPECTED = {
         "name": "a stage name (text)",
@@ -245,6 +267,7 @@ class Stage(_Model):
         "bake": f"a duration >= 0 ({_DURATION_TEXT})",
         "max_rate": "a number of devices per minute > 0, or null for no limit",
         "approval": "true or false",
+        "trial_policy": "a trial policy mapping (see docs/rollouts.md), or null",
     }
 
     @model_validator(mode="after")
@@ -267,6 +290,10 @@ class Gates(BaseModel):
     max_error_rate: float | None = Field(default=0.05, ge=0, le=1)
     max_latency_ratio: float | None = Field(default=2.0, gt=0, allow_inf_nan=False)
     max_offline_pct: float | None = Field(default=20.0, ge=0, le=100)
+    # How long a device must have been offline before the offline gate counts it. A broker that
+    # restarts publishes every connected device's last will at once, and the devices reconnect within
+    # seconds: without a grace period one broker restart would fail every baking stage.
+    offline_grace: Duration = Field(default=120.0, ge=0)
 
     EXPECTED: ClassVar[Mapping[str, str]] = {
         "min_reporting": "a whole number >= 0",
@@ -275,6 +302,7 @@ class Gates(BaseModel):
         "max_error_rate": "a fraction in [0, 1], or null to turn the gate off",
         "max_latency_ratio": "a ratio > 0, or null to turn the gate off",
         "max_offline_pct": "a percentage in [0, 100], or null to turn the gate off",
+        "offline_grace": f"a duration >= 0 ({_DURATION_TEXT})",
     }
 
     @model_validator(mode="after")
@@ -333,6 +361,8 @@ class RolloutPlan(_Model):
     gates: Gates = Field(default_factory=Gates)
     on_failure: Literal["pause", "abort"] = "abort"
     maintenance_window: MaintenanceWindow | None = None
+    # How devices judge the version during their trial (a stage's own policy comes first).
+    trial_policy: TrialPolicyField = None
 
     EXPECTED = {
         "name": "a rollout name (text)",
@@ -341,6 +371,7 @@ class RolloutPlan(_Model):
         "gates": "a mapping of gate thresholds",
         "on_failure": "one of pause, abort",
         "maintenance_window": "a mapping with cron, duration and timezone, or null for always",
+        "trial_policy": "a trial policy mapping (see docs/rollouts.md), or null",
     }
 
     @field_validator("stages")
@@ -354,6 +385,11 @@ class RolloutPlan(_Model):
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data; ``RolloutPlan.model_validate(plan.to_dict()) == plan``."""
         return self.model_dump(mode="json")
+
+    def trial_policy_for(self, stage: Stage) -> TrialPolicy | None:
+        """The rollout's trial policy for the devices ``stage`` offers to: the stage's, else the plan's."""
+        data = stage.trial_policy if stage.trial_policy is not None else self.trial_policy
+        return parse_trial_policy(data) if data is not None else None
 
 
 def parse_plan(text: str | bytes, *, source: str = "plan") -> RolloutPlan:

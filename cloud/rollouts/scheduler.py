@@ -1,38 +1,38 @@
 """Running the rollout engine: an APScheduler interval job, and a kick to run it at once.
 
-The job lives in an SQLAlchemy job store on the hub's own database, so its schedule is shared
-by every replica of the hub: whichever replica finds it due runs the tick and moves the next run
-time on, and the others see it already done. A tick is idempotent and leased per rollout
-(``engine.py``), so a tick run twice by two replicas does no step twice. The stored job names
-:func:`run_tick` and a key (database and fleet); each process maps the key to its own scheduler.
+Each replica of the hub schedules the tick in memory, and only the scheduler leader
+(``cloud.leader``) runs the scheduled ones: a follower's job returns ``JOB_NOT_LEADER`` at once.
+A schedule shared through a job store would not do: APScheduler does not coordinate schedulers
+that share a store, and a follower that found the job due and skipped it would still move the
+shared next run time on, taking the period from the leader. A tick is idempotent and leased per
+rollout (``engine.py``), so the overlap of a leadership change does no step twice.
 
-``kick()`` runs a tick now: after an operator's action (the API), and when ingest stores an
-event a gate reacts to (a rollback, a failed update), so a failing canary stops within one tick.
+``kick()`` runs a tick now, on whichever replica is kicked, leader or not: after an operator's
+action (the API), and when ingest stores an event a gate reacts to (a rollback, a failed
+update), so a failing canary stops within one tick. The job names :func:`run_tick` and a key
+(database and fleet); each process maps the key to its own scheduler.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from apscheduler.jobstores.base import JobLookupError
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from google.protobuf.message import DecodeError
 
 from cloud.context import HubContext
-from cloud.observability.metrics import JOB_FAILED
+from cloud.observability.metrics import JOB_FAILED, JOB_NOT_LEADER
 from cloud.rollouts import engine
 from cloud.services.ingest import InboundMessage
 from edgefleet_proto.v1 import event_pb2
 
-__all__ = ["JOB_TABLE", "RolloutScheduler", "is_gate_event", "run_tick"]
+__all__ = ["RolloutScheduler", "is_gate_event", "run_tick"]
 
 log = logging.getLogger(__name__)
-
-JOB_TABLE = "apscheduler_rollout_jobs"
 
 _K = event_pb2.EventKind
 # Events that can fail a gate: worth a tick at once rather than at the next interval.
@@ -52,12 +52,8 @@ _running: dict[str, RolloutScheduler] = {}
 _running_lock = threading.Lock()
 
 
-def run_tick(key: str) -> bool | None:
-    """What the stored job calls: a tick by this process's scheduler of ``key``.
-
-    The key is the one of the replica that stored the job last; another replica (which may spell
-    the database URL differently) runs it with its own scheduler of the same fleet.
-    """
+def run_tick(key: str) -> bool | str | None:
+    """What the job calls: a tick by this process's scheduler of ``key``, when it leads or was kicked."""
     fleet = key.rpartition("#")[2]
     with _running_lock:
         scheduler = _running.get(key)
@@ -66,6 +62,8 @@ def run_tick(key: str) -> bool | None:
             scheduler = same_fleet[0] if len(same_fleet) == 1 else None
     if scheduler is None:
         return None
+    if not scheduler.is_leader() and not scheduler.kicked:
+        return JOB_NOT_LEADER
     scheduler.tick_now()
     # A failed tick is logged and retried at the next interval; the job's listener counts it.
     return JOB_FAILED if scheduler.last_tick_failed else None
@@ -86,9 +84,15 @@ class RolloutScheduler:
     """Ticks the rollout engine every ``interval_s`` seconds, and at once when kicked."""
 
     def __init__(
-        self, ctx: HubContext, *, interval_s: float | None = None, owner: str = engine.OWNER
+        self,
+        ctx: HubContext,
+        *,
+        interval_s: float | None = None,
+        owner: str = engine.OWNER,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.ctx = ctx
+        self.is_leader = is_leader
         self.interval_s = interval_s or ctx.settings.rollout_tick_s
         self.owner = owner
         url = ctx.engine.url.render_as_string(hide_password=True)
@@ -118,6 +122,11 @@ class RolloutScheduler:
                     self.last_tick_failed = failed
                     return advanced
 
+    @property
+    def kicked(self) -> bool:
+        """A kick waits for its tick (which any replica runs, leader or not)."""
+        return self._kicked.is_set()
+
     def kick(self) -> None:
         """Tick as soon as possible (coalesced with a tick already due or under way)."""
         scheduler = self._scheduler
@@ -143,22 +152,17 @@ class RolloutScheduler:
             if self.key in _running:
                 raise RuntimeError(f"a rollout scheduler for {self.key} already runs in this process")
             _running[self.key] = self
-        store = SQLAlchemyJobStore(engine=self.ctx.engine, tablename=JOB_TABLE)
         scheduler = BackgroundScheduler(
-            jobstores={"default": store},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
             daemon=True,
         )
-        # Replaced at each start: a stored job from an earlier start (or another replica) keeps
-        # its id, so there is one schedule per database and fleet.
         scheduler.add_job(
             run_tick,
             "interval",
             seconds=self.interval_s,
             id=self.job_id,
             args=[self.key],
-            replace_existing=True,
             next_run_time=datetime.now(UTC),
         )
         self.ctx.metrics.jobs.attach(scheduler)  # runs, failures, durations for /metrics
@@ -174,7 +178,6 @@ class RolloutScheduler:
     def stop(self) -> None:
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
-            # The stored job stays: another replica (or this hub's next start) runs it.
             scheduler.shutdown(wait=True)
         with _running_lock:
             if _running.get(self.key) is self:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
@@ -86,7 +86,9 @@ def rollout_view(session: Session, rollout: Rollout, now: datetime) -> RolloutVi
         status = _status(rollout, index)
         figures = verdict = None
         if status != "pending":
-            figures = stage_figures(session, rollout, index, now=now)
+            figures = stage_figures(
+                session, rollout, index, now=now, offline_grace=timedelta(seconds=plan.gates.offline_grace)
+            )
             verdict = judge_all(figures, plan.gates)
         stages.append(
             StageView(

@@ -24,6 +24,7 @@ from cloud.services.rollbacks import RefusedDevice, exclude_refused
 from cloud.services.signing import Signing
 from cloud.services.variants import VariantOption, choose_for_devices
 from edgefleet_proto.topics import TopicError, validate_id
+from model_tools.trial_policy import PolicySource, TrialPolicy
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,12 @@ def assign(
     clock: Clock = utcnow,
     signing: Signing | None = None,
     skipped: list[RefusedDevice] | None = None,
+    trial_policy: TrialPolicy | None = None,
 ) -> list[DesiredState]:
     """Make ``model_name`` ``version`` the desired model of the chosen devices, and publish it.
+
+    ``trial_policy`` judges the version's trial on these devices, ahead of any rollout plan's and
+    the bundle's; None leaves it to the bundle's default (and clears an earlier assignment's).
 
     Raises DeliveryError (after committing) when the broker does not take some of them, and
     ConflictError when named devices rolled this version back; devices chosen by ``selector``
@@ -129,6 +134,7 @@ def assign(
         row.variant_id = chosen[device.id].id
         row.generation = generation
         row.issued_at = now
+        row.trial_policy = desired.override(trial_policy, PolicySource.ASSIGNMENT)
         session.add(row)
         rows.append(row)
     session.flush()

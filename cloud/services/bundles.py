@@ -27,7 +27,7 @@ from cloud.errors import ConflictError, InvalidArtifactError, InvalidInputError
 from cloud.models import Bundle, Experiment, ModelVariant, ModelVersion
 from cloud.services import registry
 from cloud.services.experiments import parse_experiment, upsert_experiment
-from cloud.services.onnx_schema import onnx_io_schema
+from cloud.services.onnx_schema import DEFAULT_LIMITS, ValidationLimits, onnx_io_schema
 from model_tools.bundle import MANIFEST_NAME, BundleManifest, VariantEntry, verify_bundle
 from model_tools.errors import BundleError, InvalidModelError, ProfileError
 from model_tools.profile import parse_profile
@@ -37,6 +37,9 @@ __all__ = ["MAX_MANIFEST_BYTES", "get_bundle", "register_bundle", "register_bund
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 1024 * 1024
+# A data profile is sketches and histograms (kilobytes); it is parsed in memory, so a larger file is
+# refused before it is read rather than held whole by the hub.
+MAX_PROFILE_BYTES = 16 * 1024 * 1024
 
 
 def register_bundle(
@@ -46,6 +49,7 @@ def register_bundle(
     files: Mapping[str, ArtifactInfo],
     *,
     clock: Clock = utcnow,
+    limits: ValidationLimits = DEFAULT_LIMITS,
 ) -> ModelVersion:
     """Register a bundle whose files are already in ``store`` (``files``: bundle file name -> stored info)."""
     try:
@@ -54,7 +58,7 @@ def register_bundle(
         # The lineage first: a run id that names another record is refused before any file is read.
         experiment = _experiment(session, manifest, clock)
         _check_files(manifest, files)
-        baseline_schema = _check_variants(store, manifest)
+        baseline_schema = _check_variants(store, manifest, limits)
         _check_profile(store, manifest)
         row = _insert(session, manifest, baseline_schema, experiment, clock)
         try:
@@ -175,7 +179,7 @@ def _check_files(manifest: BundleManifest, files: Mapping[str, ArtifactInfo]) ->
 
 
 def _check_variants(
-    store: ArtifactStore, manifest: BundleManifest
+    store: ArtifactStore, manifest: BundleManifest, limits: ValidationLimits
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     expected = manifest.inputs[0]
     baseline: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
@@ -183,7 +187,7 @@ def _check_variants(
         path = store.path(variant.sha256)
         if variant.format == "onnx":
             try:
-                inputs, outputs = onnx_io_schema(path)
+                inputs, outputs = onnx_io_schema(path, limits)
             except InvalidArtifactError as e:
                 raise InvalidArtifactError(f"variant {variant.name}: {e}") from e
             got = [(i["name"], i["dtype"]) for i in inputs]
@@ -220,6 +224,11 @@ def _check_tflite(variant: VariantEntry, path: Path) -> None:
 
 
 def _check_profile(store: ArtifactStore, manifest: BundleManifest) -> None:
+    length = store.stat(manifest.profile.sha256).length
+    if length > MAX_PROFILE_BYTES:
+        raise InvalidArtifactError(
+            f"bundle profile {manifest.profile.file} is {length} bytes: expected at most {MAX_PROFILE_BYTES}"
+        )
     try:
         with store.open(manifest.profile.sha256) as f:
             profile = parse_profile(f.read())

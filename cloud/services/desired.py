@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from sqlmodel import Session, col, select
 
@@ -34,8 +34,18 @@ from cloud.models import (
 from cloud.services.publisher import DesiredPublisher
 from cloud.services.signing import Signing
 from edgefleet_proto.v1 import common_pb2, desired_pb2
+from model_tools.trial_policy import PolicySource, TrialPolicy, TrialPolicyError, parse_trial_policy, resolve
 
-__all__ = ["BatchPublisher", "compose", "fleet_payloads", "model_ref", "publish", "seal"]
+__all__ = [
+    "BatchPublisher",
+    "compose",
+    "fleet_payloads",
+    "model_ref",
+    "override",
+    "publish",
+    "seal",
+    "trial_policy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +80,36 @@ def model_ref(
             )
         )
     return ref
+
+
+def override(policy: TrialPolicy | None, source: PolicySource) -> dict[str, Any] | None:
+    """What an assignment row stores for a policy an operator or a rollout set (None: nothing set)."""
+    return None if policy is None else {"source": source.value, "policy": policy.to_dict()}
+
+
+def _stored(data: Any, what: str) -> TrialPolicy | None:
+    if not data:
+        return None
+    try:
+        return parse_trial_policy(data)
+    except TrialPolicyError as e:
+        # Validated when it was written; a row edited by hand since must not stop the whole fleet.
+        log.error("ignoring the unusable %s: %s", what, e)
+        return None
+
+
+def trial_policy(row: DesiredState, bundle: Bundle | None) -> common_pb2.TrialPolicy:
+    """The trial policy in force for a device: assignment > rollout plan > bundle default > built-in."""
+    stored = row.trial_policy or {}
+    own = _stored(stored.get("policy"), f"trial policy of device {row.device_id}")
+    by_rollout = stored.get("source") == PolicySource.ROLLOUT.value
+    manifest = bundle.manifest if bundle is not None else {}
+    policy, source = resolve(
+        assignment=None if by_rollout else own,
+        rollout=own if by_rollout else None,
+        bundle=_stored(manifest.get("trial_policy"), f"bundle trial policy of model {row.model_version_id}"),
+    )
+    return policy.to_proto(source)
 
 
 def _firmware_ref(image: FirmwareImage) -> common_pb2.FirmwareRef:
@@ -130,6 +170,7 @@ def compose(
             desired.generation = part.row.generation
             desired.issued_at_ms = to_ms(part.row.issued_at)
             desired.model.CopyFrom(model_ref(part.model, part.variant, part.bundle))
+            desired.trial_policy.CopyFrom(trial_policy(part.row, part.bundle))
         else:
             assert fw is not None
             # Firmware only: no model field means "keep what you serve". The generation is one the

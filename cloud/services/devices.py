@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -169,6 +170,10 @@ def apply_status(
     device.trusted_root_version = min(status.trusted_root_version, _MAX_INT64)
     device.queued_messages = min(status.queued_messages, _MAX_INT64)
     device.dropped_messages = min(status.dropped_messages, _MAX_INT64)
+    device.trial_policy_source = status.trial_policy_source[:16]
+    device.trial_policy_digest = status.trial_policy_digest[:64]
+    device.last_load_ms = status.last_load_ms if math.isfinite(status.last_load_ms) else 0.0
+    device.session_memory_bytes = min(status.session_memory_bytes, _MAX_INT64)
     return device
 
 
@@ -300,6 +305,10 @@ def _public(device: Device, desired: _Desired | None) -> DevicePublic:
         trusted_root_version=device.trusted_root_version,
         queued_messages=device.queued_messages,
         dropped_messages=device.dropped_messages,
+        trial_policy_source=device.trial_policy_source,
+        trial_policy_digest=device.trial_policy_digest,
+        last_load_ms=device.last_load_ms,
+        session_memory_bytes=device.session_memory_bytes,
         first_seen=device.first_seen,
         last_seen=device.last_seen,
     )

@@ -19,7 +19,7 @@ from cloud.clock import Clock, utcnow
 from cloud.db import SessionFactory, read_transaction
 from cloud.errors import ConflictError, NotFoundError, UnsupportedFormatError
 from cloud.models import Bundle, ModelVariant, ModelVersion
-from cloud.services.onnx_schema import onnx_io_schema, single_file_variant
+from cloud.services.onnx_schema import DEFAULT_LIMITS, ValidationLimits, inspect_onnx, single_file_variant
 from cloud.services.pagination import DEFAULT_LIMIT, Page, keyset_page
 from cloud.validation import check_model_name, check_version
 
@@ -55,11 +55,12 @@ def register_model(
     fmt: str = "onnx",
     max_length: int | None = None,
     clock: Clock = utcnow,
+    limits: ValidationLimits = DEFAULT_LIMITS,
 ) -> ModelVersion:
     """Store the artifact read from ``stream`` and register it as ``name`` ``version``."""
     check_new_version(session, name, version, fmt)
     info = store.put_stream(stream, max_length=max_length)
-    return register_stored(session, store, name, version, info, fmt=fmt, clock=clock)
+    return register_stored(session, store, name, version, info, fmt=fmt, clock=clock, limits=limits)
 
 
 def register_stored(
@@ -71,25 +72,26 @@ def register_stored(
     *,
     fmt: str = "onnx",
     clock: Clock = utcnow,
+    limits: ValidationLimits = DEFAULT_LIMITS,
 ) -> ModelVersion:
     """Register an artifact already in the store (an upload streamed there by the API)."""
     try:
         check_new_version(session, name, version, fmt)
-        inputs, outputs = onnx_io_schema(store.path(info.sha256))
+        facts = inspect_onnx(store.path(info.sha256), limits)
         row = ModelVersion(
             name=name,
             version=version,
             format=fmt,
             sha256=info.sha256,
             length=info.length,
-            inputs=inputs,
-            outputs=outputs,
+            inputs=facts.inputs,
+            outputs=facts.outputs,
             created_at=clock(),
         )
         session.add(row)
         session.flush()
         # A pushed file is a one-variant version: its variant is what devices are assigned.
-        session.add(single_file_variant(store.path(info.sha256), row, clock()))
+        session.add(single_file_variant(facts, row, clock()))
         try:
             session.commit()
         except IntegrityError as e:

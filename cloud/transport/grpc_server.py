@@ -19,6 +19,8 @@ certificate it issued. Who may download (``Stat``, ``Fetch``) is decided per cal
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import threading
@@ -33,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typing_extensions import override
 
 from cloud.artifacts import ArtifactNotFoundError, ArtifactStore, check_sha256
-from cloud.errors import HubError, InvalidInputError, NotFoundError
+from cloud.errors import HubError, InvalidArtifactError, InvalidInputError, NotFoundError
 from cloud.identity.grpc_auth import CallerInfo, CallRefusedError
 from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc
 
@@ -47,6 +49,10 @@ SERVICE_NAME = "edgefleet.v1.ArtifactService"
 IO_THREADS = 4
 # Seconds to wait for the event loop to bind, start or stop the server.
 LOOP_TIMEOUT_S = 30.0
+
+# glibc's mallopt parameter, and the size from which each allocation is its own mapping.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 * 1024
 
 T = TypeVar("T")
 # Who may download (cloud.identity.grpc_auth.ArtifactAccess): returns the caller's name or raises
@@ -133,6 +139,9 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
             return (await self._blocking(self._store.stat, sha256)).length
         except ArtifactNotFoundError as e:
             await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
+        except HubError as e:  # an object store behind the cache did not answer
+            log.warning("artifact %s: %s", sha256, e)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(e))
 
     @override
     async def Stat(
@@ -156,9 +165,16 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
         chunk_size = min(request.chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
         offset = request.offset
         try:
+            # A store backed by an object store fetches and verifies the file here, before any byte goes.
             f = await self._blocking(self._store.open, request.sha256)
         except ArtifactNotFoundError as e:
             await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
+        except InvalidArtifactError as e:
+            log.error("refused to serve artifact %s: %s", request.sha256, e)
+            await _abort(context, grpc.StatusCode.DATA_LOSS, str(e))
+        except HubError as e:
+            log.warning("artifact %s: %s", request.sha256, e)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(e))
         try:
             fd = f.fileno()
             while offset < length:
@@ -202,6 +218,23 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
             )
 
 
+def _map_chunks_apart() -> None:
+    """Make glibc give every chunk-sized buffer its own mapping, returned to the system when freed.
+
+    Ten downloads of 1 MiB chunks allocate and free gigabytes in threads of their own. By default
+    glibc raises its mmap threshold to the largest block freed, so these buffers move onto per-thread
+    arenas that keep their pages: measured, the hub's peak RSS grew 63 MiB instead of 34 MiB. A fixed
+    threshold (glibc's initial 128 KiB) keeps that from happening, for a few extra page faults.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    libc = ctypes.CDLL(name)
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:  # glibc only: musl and others do not keep freed blocks this way
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
+
 class ArtifactServer:
     """A grpc.aio server on an event loop in its own thread, driven from any other thread.
 
@@ -210,6 +243,7 @@ class ArtifactServer:
     """
 
     def __init__(self, address: str, tls: ServerTls | None = None) -> None:
+        _map_chunks_apart()
         self.tls = tls
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-artifacts", daemon=True)

@@ -37,6 +37,19 @@ idempotent.
 
 On every (re)connect the hub resubscribes and republishes every stored desired state,
 so a broker that lost its retained store heals.
+
+Healing what the broker dropped: a status is retained, but reaches the hub only when the hub
+subscribes, so a birth the broker dropped for the hub (its queue past ``max_queued_messages``
+in a reconnect storm) would stay unknown until the device reconnects. When the broker's dropped
+count moves, or ingest finds a gap in a device's telemetry ``seq`` (``request_heal``), the hub
+subscribes to the status filter again: the broker then sends every retained status once more
+(MQTT 5 Retain Handling 0; MQTT 3.1.1 3.8.4 for a filter already subscribed), without an
+unsubscribe that would lose live statuses meanwhile. Applying a status twice is harmless. A
+re-read sends every device's status, so it runs at most once per ``heal_min_interval_s``; a
+request within that time is kept and runs when it ends, so the last drop of a storm is healed.
+It also waits until the hub has stored everything it received: poured onto a backlog, the re-read
+would only pass the broker's queue limit again. (So the broker's queue must hold one re-read, a
+status per device, on top of the hub's in-flight window; the shipped config holds a million.)
 """
 
 from __future__ import annotations
@@ -61,7 +74,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cloud.errors import InvalidInputError, PublishError
-from cloud.observability.metrics import IngestMetrics
+from cloud.observability.metrics import HealMetrics, IngestMetrics
 from cloud.services.ingest import InboundMessage, StoreUnavailableError
 from cloud.settings import Settings
 from cloud.startup import HubStartError, hostport
@@ -70,6 +83,7 @@ from edgefleet_proto.topics import Channel, FleetTopics, TopicError
 __all__ = [
     "DROPPED_TOPIC",
     "SESSION_EXPIRY_S",
+    "HealLimiter",
     "HubMqtt",
     "check_broker",
     "receive_maximum",
@@ -103,6 +117,23 @@ class _Received:
     connection: int
     # time.monotonic() on receipt, for the receive-to-commit latency in /metrics.
     received_at: float = 0.0
+
+
+@dataclass(slots=True)
+class HealLimiter:
+    """At most one re-read of the retained statuses per ``min_interval_s`` (times: time.monotonic())."""
+
+    min_interval_s: float
+    last: float | None = None
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until a re-read may run: 0 for the first one, else what is left of the interval."""
+        if self.last is None:
+            return 0.0
+        return max(0.0, self.last + self.min_interval_s - now)
+
+    def ran(self, now: float) -> None:
+        self.last = now
 
 
 def receive_maximum(settings: Settings) -> int:
@@ -236,8 +267,20 @@ class HubMqtt:
         desired_source: DesiredSource,
         client_id: str | None = None,
         metrics: IngestMetrics | None = None,
+        heal_metrics: HealMetrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._heal_metrics = heal_metrics
+        self._monotonic = monotonic
+        self._heal_wanted = threading.Event()
+        self._heal_cond = threading.Condition()
+        self._heal_reasons: set[str] = set()
+        self._heal_limit = HealLimiter(settings.heal_min_interval_s)
+        self._heals = 0
+        # Messages received and not yet through ingest: a re-read waits for the hub to catch up.
+        self._pending = 0
+        self._drained = threading.Condition()
         self._on_batch = on_batch
         self._metrics = metrics
         self._desired_source = desired_source
@@ -275,7 +318,12 @@ class HubMqtt:
         if self._started:
             raise RuntimeError("HubMqtt.start() called twice")
         self._started = True
-        for target, name in ((self._ingest_loop, "mqtt-ingest"), (self._resync_loop, "mqtt-resync")):
+        loops = (
+            (self._ingest_loop, "mqtt-ingest"),
+            (self._resync_loop, "mqtt-resync"),
+            (self._heal_loop, "mqtt-heal"),
+        )
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -317,6 +365,9 @@ class HubMqtt:
         self._client.loop_stop()
         self._connected.clear()
         self._resync_wanted.set()
+        self._heal_wanted.set()
+        with self._drained:
+            self._drained.notify_all()
         for thread in self._threads:
             thread.join(timeout)
 
@@ -337,6 +388,27 @@ class HubMqtt:
     def wait_resyncs(self, count: int, timeout: float) -> bool:
         with self._resync_cond:
             return self._resync_cond.wait_for(lambda: self._resyncs >= count, timeout)
+
+    @property
+    def heals(self) -> int:
+        """How many times the retained statuses were re-read to heal dropped messages."""
+        with self._heal_cond:
+            return self._heals
+
+    def wait_heals(self, count: int, timeout: float) -> bool:
+        with self._heal_cond:
+            return self._heal_cond.wait_for(lambda: self._heals >= count, timeout)
+
+    def request_heal(self, reason: str) -> None:
+        """Re-read the retained statuses soon (at most once per ``heal_min_interval_s``).
+
+        ``reason`` is ``broker_dropped`` or ``seq_gap``; it is counted and logged with the re-read.
+        """
+        if self._heal_metrics is not None:
+            self._heal_metrics.triggers.labels(reason).inc()
+        with self._heal_cond:
+            self._heal_reasons.add(reason)
+        self._heal_wanted.set()
 
     @property
     def queue_depth(self) -> int:
@@ -438,7 +510,7 @@ class HubMqtt:
             self._connection += 1
         self._connected.set()
         self._subscribed.clear()
-        group = self._settings.share_group if self._v5 else None
+        group = self._settings.share_group if self._v5 and self._settings.share_group else None
         filters = [
             self.topics.filter(Channel.STATUS),
             self.topics.filter(Channel.TELEMETRY, group),
@@ -489,12 +561,14 @@ class HubMqtt:
             time.monotonic(),
         )
         warned = False
+        self._count_pending(1)
         while True:
             try:
                 self._queue.put(item, timeout=_PUT_RETRY_S)
                 return
             except queue.Full:
                 if self._stopping.is_set():
+                    self._count_pending(-1)
                     return  # unacknowledged: the broker redelivers it to this session
                 if not warned:
                     log.warning("ingest queue full (%d); slowing the broker connection", self._queue.maxsize)
@@ -534,8 +608,15 @@ class HubMqtt:
                 self._ack(received)
                 if self._metrics is not None:
                     self._metrics.committed([(r.message.topic, r.received_at) for r in received])
+            self._count_pending(-len(received))
             if stop:
                 return
+
+    def _count_pending(self, change: int) -> None:
+        with self._drained:
+            self._pending += change
+            if self._pending <= 0:
+                self._drained.notify_all()
 
     def _store(self, received: Sequence[_Received]) -> bool:
         """Hand a batch to ``on_batch`` until the database takes it; False when stopped first."""
@@ -574,6 +655,7 @@ class HubMqtt:
         if previous is None:
             log.info("the MQTT broker has dropped %d messages since it started", value)
         elif value > previous:
+            self.request_heal("broker_dropped")
             log.warning(
                 "the MQTT broker dropped %d messages (%d since it started): a client's queue passed the "
                 "broker's max_queued_messages, or its in-flight window overflowed",
@@ -582,6 +664,48 @@ class HubMqtt:
             )
         elif value < previous:
             log.info("the MQTT broker's dropped count went back to %d: it restarted", value)
+
+    def _heal_loop(self) -> None:
+        while True:
+            self._heal_wanted.wait()
+            if self._stopping.is_set():
+                return
+            wait = self._heal_limit.wait_s(self._monotonic())
+            # Requests that come meanwhile join this re-read; a stop ends the wait.
+            if wait > 0 and self._stopping.wait(wait):
+                return
+            with self._drained:
+                self._drained.wait_for(lambda: self._pending <= 0 or self._stopping.is_set())
+            if self._stopping.is_set():
+                return
+            self._heal_wanted.clear()
+            with self._heal_cond:
+                reasons, self._heal_reasons = self._heal_reasons, set()
+            # Not subscribed now: a (re)connect is under way, and its SUBSCRIBE reads them all anyway.
+            self._reread_statuses(sorted(reasons))
+
+    def _reread_statuses(self, reasons: Sequence[str]) -> bool:
+        """Subscribe to the status filter again so the broker resends every retained status."""
+        if not self._subscribed.is_set():
+            return False
+        status = self.topics.filter(Channel.STATUS)
+        if self._v5:
+            rc, _mid = self._client.subscribe(status, options=SubscribeOptions(qos=1))
+        else:
+            rc, _mid = self._client.subscribe(status, 1)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning(
+                "re-reading the retained statuses failed (%s); the next request or connect reads them", rc
+            )
+            return False
+        self._heal_limit.ran(self._monotonic())
+        log.warning("re-reading every retained device status (%s)", ", ".join(reasons) or "requested")
+        if self._heal_metrics is not None:
+            self._heal_metrics.heals.inc()
+        with self._heal_cond:
+            self._heals += 1
+            self._heal_cond.notify_all()
+        return True
 
     def _resync_loop(self) -> None:
         while True:

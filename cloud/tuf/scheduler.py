@@ -5,6 +5,8 @@ validity left (timestamp every half day with the defaults), mirrors newly regist
 artifacts into the targets metadata, and re-signs the desired states whose signature
 expires soon, handing them to ``publish`` (the MQTT transport). A tick that fails is
 logged and tried again at the next interval: expiry is days away, an interval minutes.
+Only the scheduler leader (``cloud.leader``) re-signs; on the other replicas of the hub the job
+returns ``JOB_NOT_LEADER`` at once, so each role gets one new version, not one per replica.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from cloud.db import SessionFactory
-from cloud.observability.metrics import JOB_FAILED, JobMetrics
+from cloud.observability.metrics import JOB_FAILED, JOB_NOT_LEADER, JobMetrics
 from cloud.services.director import Director
 from cloud.tuf.repository import TufRepository
 from cloud.tuf.rotation import RotationService
@@ -45,8 +47,10 @@ class ResignScheduler:
         *,
         interval_s: float | None = None,
         jobs: JobMetrics | None = None,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.repo = repo
+        self._is_leader = is_leader
         self._jobs = jobs  # counts the ticks for /metrics
         self.director = director
         self._sessions = sessions
@@ -68,7 +72,9 @@ class ResignScheduler:
             self._publish(envelopes)
         return result
 
-    def _safe_tick(self) -> bool | None:
+    def _safe_tick(self) -> bool | str | None:
+        if not self._is_leader():
+            return JOB_NOT_LEADER
         try:
             self.tick()
         except Exception:  # the next tick retries; expiry is far longer than the interval

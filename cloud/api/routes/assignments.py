@@ -6,8 +6,10 @@ from fastapi import APIRouter
 
 from cloud.api.deps import ContextDep, OperatorDep, SessionDep
 from cloud.api.schemas.fleet import AssignedDevice, AssignmentCreate, AssignmentsPublic, SkippedDevice
+from cloud.errors import InvalidInputError
 from cloud.services import assignments
 from cloud.services.rollbacks import RefusedDevice
+from model_tools.trial_policy import TrialPolicyError, parse_trial_policy
 
 router = APIRouter(prefix="/assignments", tags=["assignments"])
 
@@ -28,6 +30,10 @@ def create_assignment(
     one chosen by labels is left out and listed under ``skipped``.
     """
     skipped: list[RefusedDevice] = []
+    try:
+        policy = parse_trial_policy(body.trial_policy) if body.trial_policy is not None else None
+    except TrialPolicyError as e:
+        raise InvalidInputError(str(e)) from e
     rows = assignments.assign(
         session,
         ctx.publisher,
@@ -40,6 +46,7 @@ def create_assignment(
         clock=ctx.clock,
         signing=ctx.signing,
         skipped=skipped,
+        trial_policy=policy,
     )
     assigned = [AssignedDevice(device_id=r.device_id, generation=r.generation) for r in rows]
     left_out = [SkippedDevice(device_id=s.device_id, reason=s.reason) for s in skipped]

@@ -11,6 +11,7 @@ from cloud.api.routes.models import resolve_version
 from cloud.api.schemas.fleet import BundlePublic
 from cloud.context import HubContext
 from cloud.services import bundles, registry
+from cloud.services.onnx_schema import ValidationLimits
 from cloud.services.signing import publish_registered
 
 router = APIRouter(tags=["bundles"])
@@ -67,7 +68,14 @@ async def upload_bundle(request: Request, ctx: ContextDep, _token: OperatorDep) 
 
 def _register(ctx: HubContext, upload: ReceivedBundle) -> BundlePublic:
     with ctx.sessions() as session:
-        row = bundles.register_bundle(session, ctx.store, upload.manifest, upload.files, clock=ctx.clock)
+        row = bundles.register_bundle(
+            session,
+            ctx.store,
+            upload.manifest,
+            upload.files,
+            clock=ctx.clock,
+            limits=ValidationLimits.from_settings(ctx.settings),
+        )
         out = bundles.get_bundle(session, row.name, row.version)
     publish_registered(ctx.signing)  # every variant and the profile are signed targets when the answer comes
     return out

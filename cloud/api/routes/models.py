@@ -18,6 +18,7 @@ from cloud.context import HubContext
 from cloud.errors import InvalidInputError
 from cloud.models import ModelVersion
 from cloud.services import lineage, lookup, registry
+from cloud.services.onnx_schema import ValidationLimits
 from cloud.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from cloud.services.signing import publish_registered
 from cloud.validation import MODEL_NAME_PATTERN, VERSION_PATTERN, check_model_name, check_version
@@ -76,6 +77,7 @@ def _register(ctx: HubContext, fields: Mapping[str, str], info: ArtifactInfo) ->
             info,
             fmt=fields.get("format", "onnx"),
             clock=ctx.clock,
+            limits=ValidationLimits.from_settings(ctx.settings),
         )
     publish_registered(ctx.signing)  # the new version is a signed target when the answer comes
     return row

@@ -217,6 +217,14 @@ class DevicePublic(BaseModel):
     trusted_root_version: int = Field(default=0, description="the TUF root version it trusts (0: none)")
     queued_messages: int = Field(default=0, description="messages waiting in its outgoing queue")
     dropped_messages: int = Field(default=0, description="messages its full outgoing queue dropped")
+    trial_policy_source: str = Field(
+        default="",
+        description="where the trial policy that judged its last trial came from: assignment, "
+        "rollout, bundle or default (empty before any trial)",
+    )
+    trial_policy_digest: str = Field(default="", description="sha256 of that policy's canonical form")
+    last_load_ms: float = Field(default=0.0, description="how long its last model load took, in ms")
+    session_memory_bytes: int = Field(default=0, description="memory its last model load added, in bytes")
     first_seen: datetime
     last_seen: datetime
 
@@ -370,6 +378,11 @@ class AssignmentCreate(BaseModel):
     selector: LabelPairs | SelectorText | None = Field(
         default=None,
         description="labels to match: {key: value} pairs, or a selector such as 'site in (a,b),!retired'",
+    )
+    trial_policy: dict[str, Any] | None = Field(
+        default=None,
+        description="how the devices judge this version's trial, ahead of any rollout plan's and the "
+        "bundle's, e.g. {'latency': {'budget_ms': 250}, 'divergence': {'reference': 'profile'}}",
     )
 
     @model_validator(mode="after")

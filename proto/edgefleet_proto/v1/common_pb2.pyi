@@ -187,3 +187,144 @@ class FirmwareRef(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FirmwareRef: _TypeAlias = FirmwareRef  # noqa: Y015
+
+@_typing.final
+class TrialPolicy(_message.Message):
+    """How a device judges a new version during its trial: the policy in force travels with the version
+    inside the signed desired state. Every field left unset takes the device's default, which depends on
+    whether the version keeps the previous one's graph (see docs/rollouts.md, "Trial policy").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    WINDOW_REQUESTS_FIELD_NUMBER: _builtins.int
+    MIN_REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    DIVERGENCE_FIELD_NUMBER: _builtins.int
+    MAX_DISAGREEMENT_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Where the hub took it from: "assignment", "rollout", "bundle" or "default" (nothing set anywhere)."""
+    mode: _builtins.str
+    """"serve" or "shadow"."""
+    window_s: _builtins.float
+    """The trial ends after this many seconds (0: no time bound) ..."""
+    window_requests: _builtins.int
+    """... or this many judged requests (0: no request bound), whichever comes first."""
+    min_requests: _builtins.int
+    """The statistical gates need this many requests."""
+    max_error_rate: _builtins.float
+    """A fraction in 0..1."""
+    max_disagreement: _builtins.float
+    """Shadow mode: share of answers that may differ from the previous version's (1: the gate is off)."""
+    @_builtins.property
+    def latency(self) -> Global___LatencyPolicy:
+        """Set: exactly these latency gates (an unset budget or ratio is off)."""
+
+    @_builtins.property
+    def divergence(self) -> Global___DivergencePolicy:
+        """Set: this divergence reference and limit."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        mode: _builtins.str | None = ...,
+        window_s: _builtins.float | None = ...,
+        window_requests: _builtins.int | None = ...,
+        min_requests: _builtins.int | None = ...,
+        max_error_rate: _builtins.float | None = ...,
+        latency: Global___LatencyPolicy | None = ...,
+        divergence: Global___DivergencePolicy | None = ...,
+        max_disagreement: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_disagreement", b"_max_disagreement", "_max_error_rate", b"_max_error_rate", "_min_requests", b"_min_requests", "_mode", b"_mode", "_window_requests", b"_window_requests", "_window_s", b"_window_s", "divergence", b"divergence", "latency", b"latency", "max_disagreement", b"max_disagreement", "max_error_rate", b"max_error_rate", "min_requests", b"min_requests", "mode", b"mode", "window_requests", b"window_requests", "window_s", b"window_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_disagreement", b"_max_disagreement", "_max_error_rate", b"_max_error_rate", "_min_requests", b"_min_requests", "_mode", b"_mode", "_window_requests", b"_window_requests", "_window_s", b"_window_s", "divergence", b"divergence", "latency", b"latency", "max_disagreement", b"max_disagreement", "max_error_rate", b"max_error_rate", "min_requests", b"min_requests", "mode", b"mode", "source", b"source", "window_requests", b"window_requests", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_disagreement: _TypeAlias = _typing.Literal["max_disagreement"]  # noqa: Y015
+    _WhichOneofArgType__max_disagreement: _TypeAlias = _typing.Literal["_max_disagreement", b"_max_disagreement"]  # noqa: Y015
+    _WhichOneofReturnType__max_error_rate: _TypeAlias = _typing.Literal["max_error_rate"]  # noqa: Y015
+    _WhichOneofArgType__max_error_rate: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate"]  # noqa: Y015
+    _WhichOneofReturnType__min_requests: _TypeAlias = _typing.Literal["min_requests"]  # noqa: Y015
+    _WhichOneofArgType__min_requests: _TypeAlias = _typing.Literal["_min_requests", b"_min_requests"]  # noqa: Y015
+    _WhichOneofReturnType__mode: _TypeAlias = _typing.Literal["mode"]  # noqa: Y015
+    _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
+    _WhichOneofReturnType__window_requests: _TypeAlias = _typing.Literal["window_requests"]  # noqa: Y015
+    _WhichOneofArgType__window_requests: _TypeAlias = _typing.Literal["_window_requests", b"_window_requests"]  # noqa: Y015
+    _WhichOneofReturnType__window_s: _TypeAlias = _typing.Literal["window_s"]  # noqa: Y015
+    _WhichOneofArgType__window_s: _TypeAlias = _typing.Literal["_window_s", b"_window_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_disagreement) -> _WhichOneofReturnType__max_disagreement | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_error_rate) -> _WhichOneofReturnType__max_error_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_requests) -> _WhichOneofReturnType__min_requests | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window_requests) -> _WhichOneofReturnType__window_requests | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window_s) -> _WhichOneofReturnType__window_s | None: ...
+
+Global___TrialPolicy: _TypeAlias = TrialPolicy  # noqa: Y015
+
+@_typing.final
+class LatencyPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_MS_FIELD_NUMBER: _builtins.int
+    RATIO_FIELD_NUMBER: _builtins.int
+    budget_ms: _builtins.float
+    """Absolute p95 budget in milliseconds."""
+    ratio: _builtins.float
+    """p95 against the previous version's p95 on the same inputs (>= 1)."""
+    def __init__(
+        self,
+        *,
+        budget_ms: _builtins.float | None = ...,
+        ratio: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_ms", b"_budget_ms", "_ratio", b"_ratio", "budget_ms", b"budget_ms", "ratio", b"ratio"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_ms", b"_budget_ms", "_ratio", b"_ratio", "budget_ms", b"budget_ms", "ratio", b"ratio"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__budget_ms: _TypeAlias = _typing.Literal["budget_ms"]  # noqa: Y015
+    _WhichOneofArgType__budget_ms: _TypeAlias = _typing.Literal["_budget_ms", b"_budget_ms"]  # noqa: Y015
+    _WhichOneofReturnType__ratio: _TypeAlias = _typing.Literal["ratio"]  # noqa: Y015
+    _WhichOneofArgType__ratio: _TypeAlias = _typing.Literal["_ratio", b"_ratio"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_ms) -> _WhichOneofReturnType__budget_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ratio) -> _WhichOneofReturnType__ratio | None: ...
+
+Global___LatencyPolicy: _TypeAlias = LatencyPolicy  # noqa: Y015
+
+@_typing.final
+class DivergencePolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    """"profile" (the bundle's data profile), "previous" (the previous version's answers) or "none"."""
+    limit: _builtins.float
+    """Jensen-Shannon divergence limit in bits (0..1)."""
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        limit: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___DivergencePolicy: _TypeAlias = DivergencePolicy  # noqa: Y015

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgefleet_proto.v1 import common_pb2 as edgefleet__proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n edgefleet_proto/v1/desired.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1f\x65\x64gefleet_proto/v1/common.proto\"\x9f\x02\n\x0c\x44\x65siredState\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12\x19\n\x11\x61rtifact_endpoint\x18\x06 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x14 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x15 \x01(\x03\x12\x14\n\x0cmodel_target\x18\x16 \x01(\t\x12+\n\x08\x66irmware\x18\x17 \x01(\x0b\x32\x19.edgefleet.v1.FirmwareRef\x12\x16\n\x0eprofile_target\x18\x18 \x01(\t\"R\n\x12SignedDesiredState\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12+\n\nsignatures\x18\x02 \x03(\x0b\x32\x17.edgefleet.v1.Signatureb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n edgefleet_proto/v1/desired.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1f\x65\x64gefleet_proto/v1/common.proto\"\xd0\x02\n\x0c\x44\x65siredState\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12\x19\n\x11\x61rtifact_endpoint\x18\x06 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x14 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x15 \x01(\x03\x12\x14\n\x0cmodel_target\x18\x16 \x01(\t\x12+\n\x08\x66irmware\x18\x17 \x01(\x0b\x32\x19.edgefleet.v1.FirmwareRef\x12\x16\n\x0eprofile_target\x18\x18 \x01(\t\x12/\n\x0ctrial_policy\x18\x19 \x01(\x0b\x32\x19.edgefleet.v1.TrialPolicy\"R\n\x12SignedDesiredState\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12+\n\nsignatures\x18\x02 \x03(\x0b\x32\x17.edgefleet.v1.Signatureb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet_proto.v1.desired_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DESIREDSTATE']._serialized_start=84
-  _globals['_DESIREDSTATE']._serialized_end=371
-  _globals['_SIGNEDDESIREDSTATE']._serialized_start=373
-  _globals['_SIGNEDDESIREDSTATE']._serialized_end=455
+  _globals['_DESIREDSTATE']._serialized_end=420
+  _globals['_SIGNEDDESIREDSTATE']._serialized_start=422
+  _globals['_SIGNEDDESIREDSTATE']._serialized_end=504
 # @@protoc_insertion_point(module_scope)

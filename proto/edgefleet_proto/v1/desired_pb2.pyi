@@ -38,6 +38,7 @@ class DesiredState(_message.Message):
     MODEL_TARGET_FIELD_NUMBER: _builtins.int
     FIRMWARE_FIELD_NUMBER: _builtins.int
     PROFILE_TARGET_FIELD_NUMBER: _builtins.int
+    TRIAL_POLICY_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     generation: _builtins.int
@@ -66,6 +67,12 @@ class DesiredState(_message.Message):
     def firmware(self) -> _common_pb2.FirmwareRef:
         """The firmware image the device should run; unset means "keep what you have"."""
 
+    @_builtins.property
+    def trial_policy(self) -> _common_pb2.TrialPolicy:
+        """How the device judges `model` during its trial (resolved by the hub: assignment, rollout plan,
+        bundle default, built-in default). Inside the signed payload: a changed policy fails the signature.
+        """
+
     def __init__(
         self,
         *,
@@ -80,10 +87,11 @@ class DesiredState(_message.Message):
         model_target: _builtins.str = ...,
         firmware: _common_pb2.FirmwareRef | None = ...,
         profile_target: _builtins.str = ...,
+        trial_policy: _common_pb2.TrialPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["firmware", b"firmware", "model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["firmware", b"firmware", "model", b"model", "trial_policy", b"trial_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_endpoint", b"artifact_endpoint", "counter", b"counter", "device_id", b"device_id", "expires_at_ms", b"expires_at_ms", "firmware", b"firmware", "fleet", b"fleet", "generation", b"generation", "issued_at_ms", b"issued_at_ms", "model", b"model", "model_target", b"model_target", "profile_target", b"profile_target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_endpoint", b"artifact_endpoint", "counter", b"counter", "device_id", b"device_id", "expires_at_ms", b"expires_at_ms", "firmware", b"firmware", "fleet", b"fleet", "generation", b"generation", "issued_at_ms", b"issued_at_ms", "model", b"model", "model_target", b"model_target", "profile_target", b"profile_target", "trial_policy", b"trial_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgefleet_proto.v1 import common_pb2 as edgefleet__proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64gefleet_proto/v1/device.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1f\x65\x64gefleet_proto/v1/common.proto\"\xa0\x01\n\x0c\x43\x61pabilities\x12\x10\n\x08runtimes\x18\x01 \x03(\t\x12\x10\n\x08\x63pu_arch\x18\x02 \x01(\t\x12\x11\n\tcpu_count\x18\x03 \x01(\r\x12\x17\n\x0fmem_total_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13mem_available_bytes\x18\x05 \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x06 \x01(\x04\x12\n\n\x02os\x18\x07 \x01(\t\";\n\x04Slot\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\"\xae\x04\n\x0c\x44\x65viceStatus\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.edgefleet.v1.DeviceState\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12!\n\x05slots\x18\x05 \x03(\x0b\x32\x12.edgefleet.v1.Slot\x12\x30\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32\x1a.edgefleet.v1.Capabilities\x12\x36\n\x06labels\x18\x07 \x03(\x0b\x32&.edgefleet.v1.DeviceStatus.LabelsEntry\x12\x12\n\nsent_at_ms\x18\x08 \x01(\x03\x12\x1a\n\x12\x61pplied_generation\x18\t \x01(\x04\x12\x0e\n\x06health\x18\n \x01(\t\x12(\n\x05trial\x18\x0b \x01(\x0b\x32\x19.edgefleet.v1.TrialStatus\x12\x18\n\x10\x64ropped_messages\x18\x0c \x01(\x04\x12\x17\n\x0fqueued_messages\x18\r \x01(\x04\x12\x18\n\x10\x66irmware_version\x18\x1e \x01(\t\x12\x15\n\rfirmware_slot\x18\x1f \x01(\t\x12\x1c\n\x14trusted_root_version\x18  \x01(\x04\x12\x13\n\x0bhardware_id\x18! \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x01\n\x0bTrialStatus\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x03 \x01(\x03\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x17\n\x0fwindow_requests\x18\x05 \x01(\x04\x12\x19\n\x11window_ends_at_ms\x18\x06 \x01(\x03*^\n\x0b\x44\x65viceState\x12\x1c\n\x18\x44\x45VICE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x45VICE_STATE_ONLINE\x10\x01\x12\x18\n\x14\x44\x45VICE_STATE_OFFLINE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64gefleet_proto/v1/device.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1f\x65\x64gefleet_proto/v1/common.proto\"\xa0\x01\n\x0c\x43\x61pabilities\x12\x10\n\x08runtimes\x18\x01 \x03(\t\x12\x10\n\x08\x63pu_arch\x18\x02 \x01(\t\x12\x11\n\tcpu_count\x18\x03 \x01(\r\x12\x17\n\x0fmem_total_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13mem_available_bytes\x18\x05 \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x06 \x01(\x04\x12\n\n\x02os\x18\x07 \x01(\t\";\n\x04Slot\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\"\x9c\x05\n\x0c\x44\x65viceStatus\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.edgefleet.v1.DeviceState\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12!\n\x05slots\x18\x05 \x03(\x0b\x32\x12.edgefleet.v1.Slot\x12\x30\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32\x1a.edgefleet.v1.Capabilities\x12\x36\n\x06labels\x18\x07 \x03(\x0b\x32&.edgefleet.v1.DeviceStatus.LabelsEntry\x12\x12\n\nsent_at_ms\x18\x08 \x01(\x03\x12\x1a\n\x12\x61pplied_generation\x18\t \x01(\x04\x12\x0e\n\x06health\x18\n \x01(\t\x12(\n\x05trial\x18\x0b \x01(\x0b\x32\x19.edgefleet.v1.TrialStatus\x12\x18\n\x10\x64ropped_messages\x18\x0c \x01(\x04\x12\x17\n\x0fqueued_messages\x18\r \x01(\x04\x12\x1b\n\x13trial_policy_source\x18\x0e \x01(\t\x12\x1b\n\x13trial_policy_digest\x18\x0f \x01(\t\x12\x14\n\x0clast_load_ms\x18\x10 \x01(\x01\x12\x1c\n\x14session_memory_bytes\x18\x11 \x01(\x04\x12\x18\n\x10\x66irmware_version\x18\x1e \x01(\t\x12\x15\n\rfirmware_slot\x18\x1f \x01(\t\x12\x1c\n\x14trusted_root_version\x18  \x01(\x04\x12\x13\n\x0bhardware_id\x18! \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x01\n\x0bTrialStatus\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.edgefleet.v1.ModelRef\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x03 \x01(\x03\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x17\n\x0fwindow_requests\x18\x05 \x01(\x04\x12\x19\n\x11window_ends_at_ms\x18\x06 \x01(\x03*^\n\x0b\x44\x65viceState\x12\x1c\n\x18\x44\x45VICE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x45VICE_STATE_ONLINE\x10\x01\x12\x18\n\x14\x44\x45VICE_STATE_OFFLINE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEVICESTATUS_LABELSENTRY']._loaded_options = None
   _globals['_DEVICESTATUS_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_DEVICESTATE']._serialized_start=1029
-  _globals['_DEVICESTATE']._serialized_end=1123
+  _globals['_DEVICESTATE']._serialized_start=1139
+  _globals['_DEVICESTATE']._serialized_end=1233
   _globals['_CAPABILITIES']._serialized_start=83
   _globals['_CAPABILITIES']._serialized_end=243
   _globals['_SLOT']._serialized_start=245
   _globals['_SLOT']._serialized_end=304
   _globals['_DEVICESTATUS']._serialized_start=307
-  _globals['_DEVICESTATUS']._serialized_end=865
-  _globals['_DEVICESTATUS_LABELSENTRY']._serialized_start=820
-  _globals['_DEVICESTATUS_LABELSENTRY']._serialized_end=865
-  _globals['_TRIALSTATUS']._serialized_start=868
-  _globals['_TRIALSTATUS']._serialized_end=1027
+  _globals['_DEVICESTATUS']._serialized_end=975
+  _globals['_DEVICESTATUS_LABELSENTRY']._serialized_start=930
+  _globals['_DEVICESTATUS_LABELSENTRY']._serialized_end=975
+  _globals['_TRIALSTATUS']._serialized_start=978
+  _globals['_TRIALSTATUS']._serialized_end=1137
 # @@protoc_insertion_point(module_scope)

@@ -148,6 +148,10 @@ class DeviceStatus(_message.Message):
     TRIAL_FIELD_NUMBER: _builtins.int
     DROPPED_MESSAGES_FIELD_NUMBER: _builtins.int
     QUEUED_MESSAGES_FIELD_NUMBER: _builtins.int
+    TRIAL_POLICY_SOURCE_FIELD_NUMBER: _builtins.int
+    TRIAL_POLICY_DIGEST_FIELD_NUMBER: _builtins.int
+    LAST_LOAD_MS_FIELD_NUMBER: _builtins.int
+    SESSION_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     FIRMWARE_VERSION_FIELD_NUMBER: _builtins.int
     FIRMWARE_SLOT_FIELD_NUMBER: _builtins.int
     TRUSTED_ROOT_VERSION_FIELD_NUMBER: _builtins.int
@@ -165,6 +169,16 @@ class DeviceStatus(_message.Message):
     """Messages the device's bounded on-disk queue dropped (oldest first) because it was full."""
     queued_messages: _builtins.int
     """Messages waiting in that queue for the broker's acknowledgement."""
+    trial_policy_source: _builtins.str
+    """The trial policy that judged (or is judging) the newest version: where the hub took it from
+    ("assignment", "rollout", "bundle", "default"; "device" when the desired state carried none) ...
+    """
+    trial_policy_digest: _builtins.str
+    """... and the sha256 of its canonical form (model_tools.trial_policy.policy_digest)."""
+    last_load_ms: _builtins.float
+    """Milliseconds the last model load took (session creation and a first run)."""
+    session_memory_bytes: _builtins.int
+    """Resident memory the last loaded model's session added (RSS after the load minus before), bytes."""
     firmware_version: _builtins.str
     """Signed-update channel and firmware (numbered from 30 on)."""
     firmware_slot: _builtins.str
@@ -199,6 +213,10 @@ class DeviceStatus(_message.Message):
         trial: Global___TrialStatus | None = ...,
         dropped_messages: _builtins.int = ...,
         queued_messages: _builtins.int = ...,
+        trial_policy_source: _builtins.str = ...,
+        trial_policy_digest: _builtins.str = ...,
+        last_load_ms: _builtins.float = ...,
+        session_memory_bytes: _builtins.int = ...,
         firmware_version: _builtins.str = ...,
         firmware_slot: _builtins.str = ...,
         trusted_root_version: _builtins.int = ...,
@@ -206,7 +224,7 @@ class DeviceStatus(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "trial", b"trial"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "applied_generation", b"applied_generation", "capabilities", b"capabilities", "device_id", b"device_id", "dropped_messages", b"dropped_messages", "firmware_slot", b"firmware_slot", "firmware_version", b"firmware_version", "fleet", b"fleet", "hardware_id", b"hardware_id", "health", b"health", "labels", b"labels", "queued_messages", b"queued_messages", "sent_at_ms", b"sent_at_ms", "slots", b"slots", "state", b"state", "trial", b"trial", "trusted_root_version", b"trusted_root_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "applied_generation", b"applied_generation", "capabilities", b"capabilities", "device_id", b"device_id", "dropped_messages", b"dropped_messages", "firmware_slot", b"firmware_slot", "firmware_version", b"firmware_version", "fleet", b"fleet", "hardware_id", b"hardware_id", "health", b"health", "labels", b"labels", "last_load_ms", b"last_load_ms", "queued_messages", b"queued_messages", "sent_at_ms", b"sent_at_ms", "session_memory_bytes", b"session_memory_bytes", "slots", b"slots", "state", b"state", "trial", b"trial", "trial_policy_digest", b"trial_policy_digest", "trial_policy_source", b"trial_policy_source", "trusted_root_version", b"trusted_root_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

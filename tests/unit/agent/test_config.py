@@ -103,7 +103,10 @@ def test_empty_socket_disables_the_unix_listener(tmp_path: Path) -> None:
         ("colour = 1\n", "unknown key 'colour' in the top level"),
         ('[trial]\nmode = "canary"\n', "trial.mode: expected one of ['serve', 'shadow'], got 'canary'"),
         ("[trial]\nmax_divergence = 1.5\n", "trial.max_divergence: expected a fraction in 0..1, got 1.5"),
-        ("[trial]\nmax_latency_ratio = 0.5\n", "trial.max_latency_ratio: expected >= 1, got 0.5"),
+        (
+            "[trial]\nmax_latency_ratio = 0.5\n",
+            "trial.max_latency_ratio: expected >= 1, or 0 for no ratio gate, got 0.5",
+        ),
         ("[trial]\nwindow_requests = -1\n", "trial.window_requests: expected >= 0, got -1"),
         ("[update]\nmax_state_saves = 2\n", "update.max_state_saves: expected >= 5"),
         ('[queue]\nsync = "sometimes"\n', "queue.sync: expected 'normal' or 'full', got 'sometimes'"),

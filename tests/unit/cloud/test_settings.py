@@ -28,7 +28,7 @@ def test_defaults_resolve_against_data_dir(tmp_path: Path) -> None:
         "default",
         "ef/v1",
         "5",
-        "edgefleet-hub",
+        "",
     )
     assert s.max_upload_bytes == 256 * MiB
 

@@ -18,7 +18,7 @@ from cloud.telemetry.tables import SketchRecord
 from tests.unit.cloud.sketches import add_bundle, labels, normal, profile, window
 from tests.unit.rollouts.world import MODEL, NEW, OLD, World
 
-OFF = {key: None for key in Gates.model_fields if key != "min_reporting"}
+OFF = {key: None for key in Gates.model_fields if key not in ("min_reporting", "offline_grace")}
 
 
 def only(key: str, threshold: float) -> Gates:

@@ -237,3 +237,26 @@ def test_the_rate_window_spreads_fractional_rates() -> None:
     assert engine.rate_window(2) == (2, timedelta(seconds=60))
     assert engine.rate_window(0.5) == (1, timedelta(seconds=120))
     assert engine.rate_window(2.5) == (2, timedelta(seconds=48))
+
+
+def test_the_offline_gate_counts_a_device_only_after_the_grace_period(world: World) -> None:
+    # A broker restart publishes every device's last will at once; they reconnect within seconds.
+    r = world.create({"stages": [_all(bake="1h")], "gates": {"offline_grace": "2m"}})
+    world.tick()
+    assert sorted(world.offered(r.id)) == SIX
+    world.devices(SIX, online=False)
+    world.tick()
+    world.clock.advance(119)
+    world.tick()
+    assert world.state(r.id) == "baking", "offline for less than the grace period: not counted yet"
+    world.devices(SIX)
+    world.clock.advance(60)
+    world.tick()
+    assert world.state(r.id) == "baking", "back online: the broker restart cost nothing"
+    world.devices(["d0", "d1", "d2"], online=False)
+    world.clock.advance(120)
+    world.tick()
+    assert world.state(r.id) == "rolled_back"
+    failed = [t for t in world.transitions(r.id) if t.to_state == "aborting"]
+    assert len(failed) == 1
+    assert "offline 50% (3 of 6 offered devices)" in failed[0].reason
