@@ -369,7 +369,12 @@ def measure_rollout(
         name = promotion["model"]
         good = next(m for m in client.list_models(name) if m["version"] == promotion["version"])
         path = workdir / f"{name}-{version}.onnx"
-        make_constant_model(good["inputs"], good["outputs"], path)
+        # The good graph with its weights zeroed (bench/rollout.py writes each version to v{version}.onnx):
+        # a retrain gone bad, which each device judges against the good version's answers.
+        good_path = workdir / f"v{promotion['version']}.onnx"
+        make_constant_model(
+            good["inputs"], good["outputs"], path, like=good_path if good_path.is_file() else None
+        )
         client.push_model(path, name=name, version=version)
         return {"name": name, "version": version, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 

@@ -47,12 +47,21 @@ def make_constant_model(
     dst: Path,
     *,
     answer: int = BAD_CLASS,
+    like: Path | None = None,
 ) -> None:
     """Write an ONNX model with the interface the hub recorded for a classifier, whose weights are
     zero and whose bias picks class ``answer``: it loads, takes the same inputs, and answers garbage.
+
+    ``like``: the good version's file. The bad one is then that graph with its weights zeroed, a
+    retrain gone wrong, which a device judges against the previous version's answers. Without it the
+    bad one is a graph of its own, which a device judges as a new architecture (against a data profile).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    if like is not None:
+        dst.write_bytes(_zeroed_like(onnx.load(str(like)), answer))
+        return
 
     if len(inputs) != 1 or len(outputs) != 1:
         raise RollbackStepError(
@@ -85,6 +94,35 @@ def make_constant_model(
     model.ir_version = 8
     onnx.checker.check_model(model)
     dst.write_bytes(model.SerializeToString())
+
+
+def _zeroed_like(model: Any, answer: int) -> bytes:
+    """``model`` (a classifier's ModelProto) with every float weight zeroed and its output bias set to pick
+    ``answer``: the same graph, so only its answers differ."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    for init in graph.initializer:
+        values = numpy_helper.to_array(init)
+        if np.issubdtype(values.dtype, np.floating):
+            init.CopyFrom(numpy_helper.from_array(np.zeros_like(values), init.name))
+    classes = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    producers = {out: node for node in graph.node for out in node.output}
+    name: str | None = graph.output[0].name
+    while name in producers:
+        node = producers[name]
+        biases = [i for i in node.input if i in weights and list(weights[i].dims)[-1:] == [classes]]
+        biases = [b for b in biases if len(weights[b].dims) == 1 or all(d == 1 for d in weights[b].dims[:-1])]
+        if biases:
+            bias = numpy_helper.to_array(weights[biases[-1]]).copy()
+            bias.reshape(-1)[answer] = 10.0
+            weights[biases[-1]].CopyFrom(numpy_helper.from_array(bias, biases[-1]))
+            onnx.checker.check_model(model)
+            return bytes(model.SerializeToString())
+        name = next((i for i in node.input if i not in weights), None)
+    raise RollbackStepError(f"found no output bias of {classes} classes to set in the model's graph")
 
 
 def _wait(what: str, probe: Callable[[], T | None], timeout: float) -> T:

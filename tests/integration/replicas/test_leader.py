@@ -6,6 +6,7 @@ so nothing here waits for a renewal period.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,17 @@ def _leader(
 def _leads(leadership: Leadership) -> bool:
     # A call, not the property inline: the type checker would take each assert as narrowing the next.
     return leadership.is_leader
+
+
+def _wait_released(engine: Engine, key: int, timeout: float = 10.0) -> None:
+    """Until no backend holds ``key``: pg_terminate_backend only signals the backend, which then exits.
+
+    Polled: another server process's exit offers nothing to wait on from here.
+    """
+    deadline = time.monotonic() + timeout
+    while _backend_holding(engine, key) is not None:
+        assert time.monotonic() < deadline, f"the terminated backend still held the lock after {timeout} s"
+        time.sleep(0.02)
 
 
 def _backend_holding(engine: Engine, key: int) -> int | None:
@@ -93,6 +105,7 @@ def test_one_of_two_replicas_leads_and_the_other_takes_over_when_its_session_end
         assert pid is not None
         with pg_engine.connect() as conn:
             conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        _wait_released(pg_engine, a.key)
         assert b.step() is Role.LEADER
         assert a.step() is Role.FOLLOWER
         assert not _leads(a) and _leads(b)

@@ -156,7 +156,8 @@ def test_a_bad_version_stops_at_its_canary_and_the_canary_gets_its_previous_vers
     _classifier(good_path)
     with ctx.sessions() as s:
         good = registry.register_model(s, ctx.store, MODEL, GOOD, io.BytesIO(good_path.read_bytes()))
-        make_constant_model(good.inputs, good.outputs, bad_path)
+        # A retrain gone bad: the good graph with its weights zeroed, judged against the good answers.
+        make_constant_model(good.inputs, good.outputs, bad_path, like=good_path)
         registry.register_model(s, ctx.store, MODEL, BAD, io.BytesIO(bad_path.read_bytes()))
         assignments.assign(
             s, ctx.publisher, MODEL, GOOD, device_ids=every, fleet=fleet_name,
