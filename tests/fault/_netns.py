@@ -38,7 +38,7 @@ def _ip(*args: str) -> None:
 
 
 class Netns:
-    """A namespace ``ef-XXXXXXXX`` with one veth pair; the host side has ``host_addr``, the inside
+    """A namespace ``ef-<8 hex digits>`` with one veth pair; the host side has ``host_addr``, the inside
     ``device_addr`` (a /30 of 10.213.0.0/16 picked at random, names unique per instance).
 
     close() removes the namespace and the pair, whatever state they are in; a context manager

@@ -33,7 +33,7 @@ def _until(what: str, probe: Any, timeout: float) -> Any:
             return found
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.25)
+        time.sleep(0.25)  # polling the hub over HTTP: its database offers nothing to wait on
 
 
 def test_two_hundred_light_devices_come_online_take_a_version_and_report(
