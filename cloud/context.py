@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from cloud.artifacts import ArtifactStore
 from cloud.clock import Clock, utcnow
-from cloud.db import SessionFactory, session_factory
+from cloud.db import SessionFactory, read_session_factory, session_factory
 from cloud.observability.metrics import HubMetrics
 from cloud.services.publisher import DesiredPublisher
 from cloud.services.signing import Signing
@@ -38,6 +38,9 @@ class HubContext:
     # This hub's in-memory metrics (ingest, API, scheduler jobs), in a registry of its own (/metrics).
     metrics: HubMetrics = field(default_factory=HubMetrics)
     sessions: SessionFactory = field(init=False)
+    # Read-only sessions: no write lock on SQLite (cloud.db.read_session_factory).
+    read_sessions: SessionFactory = field(init=False)
 
     def __post_init__(self) -> None:
         self.sessions = session_factory(self.engine)
+        self.read_sessions = read_session_factory(self.engine)

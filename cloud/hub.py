@@ -40,7 +40,13 @@ from cloud.settings import Settings
 from cloud.startup import HubStartError, bind_http_socket, open_database, probe_port
 from cloud.storage import StorageError, open_artifact_store
 from cloud.training.continuous.pipeline import PipelineConfig
-from cloud.transport.grpc_server import ArtifactServer, GrpcServerError, bind_grpc_server, serve_artifacts
+from cloud.transport.grpc_server import (
+    ArtifactServer,
+    GrpcServerError,
+    ServerLimits,
+    bind_grpc_server,
+    serve_artifacts,
+)
 from cloud.transport.mqtt import HubMqtt, check_broker
 from cloud.tuf import TufSettings, ensure_initialized, open_repository
 from cloud.tuf.scheduler import ResignScheduler
@@ -118,7 +124,15 @@ class Hub:
         grpc_tls = server_tls(s)
         warn_plaintext(s)
         try:
-            self._grpc, self._grpc_port = bind_grpc_server(s.grpc_host, s.grpc_port, tls=grpc_tls)
+            self._grpc, self._grpc_port = bind_grpc_server(
+                s.grpc_host,
+                s.grpc_port,
+                tls=grpc_tls,
+                limits=ServerLimits(
+                    max_pending_calls=s.grpc_max_pending_calls,
+                    max_active_downloads=s.grpc_max_active_downloads,
+                ),
+            )
         except GrpcServerError as e:
             raise HubStartError(f"{e} (EDGEFLEET_GRPC_HOST, EDGEFLEET_GRPC_PORT)") from e
         try:

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     grpc_public_endpoint: str | None = None
+    # Calls the artifact service holds before it starts them; past it new calls are cancelled
+    # (cloud.transport.grpc_server.DEFAULT_MAX_PENDING_CALLS says why it is large).
+    grpc_max_pending_calls: int = Field(default=20_000, ge=1)
+    # Downloads streamed at once; more are refused with RESOURCE_EXHAUSTED and come back after a back-off.
+    grpc_max_active_downloads: int = Field(default=1_000, ge=1)
 
     max_upload_bytes: int = Field(default=256 * MiB, gt=0)
     # Validation of uploaded ONNX files (cloud.services.onnx_schema): files above the in-process size are

@@ -86,6 +86,8 @@ class Agent:
         decoder: DesiredDecoder | None = None,
         resources: Resources | None = None,
         sync_channels: SyncChannels | None = None,
+        durable_state: bool = True,
+        download_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.config = config
         self._log = device_logger(__name__, config.device_id)
@@ -97,7 +99,10 @@ class Agent:
             raise AgentError(f"cannot create state_dir {config.state_dir}: {e.strerror}") from e
         self.topics = DeviceTopics(config.fleet, config.device_id, config.mqtt.topic_prefix)
         self.store = ArtifactStore(config.state_dir / "artifacts")
-        self.state = PersistentState(StateFile(config.state_dir / "state.json"), self._clock)
+        # Not durable only in the light simulator (edge_agent.sim_light); a device always fsyncs its state.
+        self.state = PersistentState(
+            StateFile(config.state_dir / "state.json", durable=durable_state), self._clock
+        )
         self.outbox: Outbox = outbox or _open_outbox(config)
         self.serving = ServingSlot()
         self.serving.add_listener(self._before_swap)
@@ -137,6 +142,7 @@ class Agent:
             ca_file=config.hub.ca_file,
             cert_file=config.hub.cert_file,
             key_file=config.hub.key_file,
+            slots=download_slots,
         )
         # The signed-update channel (edge_agent.trust): a desired state counts only when the director
         # signed it, an artifact only when the TUF repository lists it. A caller that hands in its own

@@ -11,7 +11,9 @@ the TUF client, which is synchronous and runs in worker threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import BinaryIO, Protocol
 import grpc
 import grpc.aio
 
+from edge_agent.backoff import Backoff
 from edge_agent.errors import (
     ArtifactNotFoundError,
     DownloadError,
@@ -34,6 +37,10 @@ from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc, common_pb2
 __all__ = ["ChannelPool", "Fetcher", "GrpcFetcher", "SyncChannels", "write_chunks_from"]
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
+# Pauses while the hub is busy (cloud.transport.grpc_server: EDGEFLEET_GRPC_MAX_ACTIVE_DOWNLOADS),
+# first and longest, and how long a device keeps coming back before the download counts as failed.
+BUSY_RETRY_S = (2.0, 30.0)
+BUSY_WAIT_MAX_S = 900.0
 # The end-of-stream marker of grpc.aio's read(); the stubs type it only as `object`.
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
@@ -143,9 +150,17 @@ class SyncChannels:
 
 
 def _open_at(path: Path, offset: int) -> BinaryIO:
-    f = path.open("r+b") if path.exists() else path.open("w+b")
-    f.truncate(offset)
-    f.seek(offset)
+    """``path`` opened at ``offset``, cut back or created as needed; a DownloadError if it cannot be."""
+    try:
+        f = path.open("r+b") if path.exists() else path.open("w+b")
+    except OSError as e:
+        raise DownloadError(f"cannot write partial file {path}: {e.strerror}") from e
+    try:
+        f.truncate(offset)
+        f.seek(offset)
+    except OSError as e:
+        f.close()
+        raise DownloadError(f"cannot write partial file {path}: {e.strerror}") from e
     return f
 
 
@@ -164,11 +179,13 @@ async def write_chunks_from(
     if expected > limit:
         raise DownloadProtocolError(f"artifact is {expected} bytes; the limit on this device is {limit}")
     held = offset
+    # The file is opened at the first byte, not before: a device whose hub is slow to answer holds
+    # no file meanwhile (a simulated fleet of 10,000 ran out of open files waiting). A longer partial
+    # is cut back to ``offset`` now, as the caller asked, without holding it open.
+    if offset < _size(dest):
+        _open_at(dest, offset).close()
+    f: BinaryIO | None = None
     try:
-        f = _open_at(dest, offset)
-    except OSError as e:
-        raise DownloadError(f"cannot write partial file {dest}: {e.strerror}") from e
-    with f:
         async for chunk_offset, data in chunks:
             if chunk_offset != held:
                 raise DownloadProtocolError(f"chunk out of order: expected offset {held}, got {chunk_offset}")
@@ -176,6 +193,8 @@ async def write_chunks_from(
                 raise DownloadProtocolError(
                     f"hub sent more than the pinned {expected} bytes (at least {held + len(data)})"
                 )
+            if f is None:
+                f = _open_at(dest, offset)
             try:
                 f.write(data)
             except OSError as e:
@@ -185,12 +204,25 @@ async def write_chunks_from(
                 f.flush()
                 os.fsync(f.fileno())
             yield held
+        if f is None:
+            # Nothing arrived: the partial still exists, at ``offset`` bytes, for the caller.
+            f = _open_at(dest, offset)
         if held < expected:
             f.flush()
             raise DownloadIncompleteError(f"stream ended at {held} of {expected} bytes")
         if held == offset:
             # Nothing arrived because nothing was missing: still report where we stand.
             yield held
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 _TRANSIENT = {
@@ -241,9 +273,20 @@ class GrpcFetcher:
         ca_file: Path | None = None,
         cert_file: Path | None = None,
         key_file: Path | None = None,
+        busy_retry_s: tuple[float, float] = BUSY_RETRY_S,
+        busy_wait_max_s: float = BUSY_WAIT_MAX_S,
+        rng: random.Random | None = None,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self._channels = channels
         self._endpoint = endpoint
+        # While the hub answers "busy" (RESOURCE_EXHAUSTED before any byte): the first and the
+        # longest pause between tries, and how long to keep trying before the download fails.
+        self._busy_retry_s = busy_retry_s
+        self._busy_wait_max_s = busy_wait_max_s
+        self._rng = rng
+        # Shared by the devices of a simulated fleet (edge_agent.sim): a try waits for a place first.
+        self._slots = slots
         self._device_id = device_id
         self._cert_file = cert_file
         self._key_file = key_file
@@ -262,6 +305,29 @@ class GrpcFetcher:
             async for held in write_chunks_from(_no_chunks(), ref, dest_partial, offset, self._max_bytes):
                 yield held
             return
+        # A hub streaming as many downloads as it allows says so before the first byte; the device
+        # comes back after a jittered pause, without a failed download: in a rollout of 10,000
+        # devices most are told to wait at first, and each report would cost the hub a write.
+        busy = Backoff(initial_s=self._busy_retry_s[0], max_s=self._busy_retry_s[1], rng=self._rng)
+        waited = 0.0
+        while True:
+            try:
+                async with self._slots or contextlib.nullcontext():
+                    async for held in self._fetch_once(ref, dest_partial, offset, target):
+                        yield held
+                return
+            except _HubBusyError as e:
+                delay = busy.next_delay()
+                if waited + delay > self._busy_wait_max_s:
+                    raise HubUnavailableError(
+                        f"hub {target} stayed busy for {waited:.0f} s at byte {offset} of {ref.sha256}: {e}"
+                    ) from None
+                waited += delay
+                await asyncio.sleep(delay)  # the pause the hub asked for, not a wait for an event
+
+    async def _fetch_once(
+        self, ref: common_pb2.ModelRef, dest_partial: Path, offset: int, target: str
+    ) -> AsyncIterator[int]:
         channel = self._channels.get(
             target, tls=self._tls, ca_file=self._ca_file, cert_file=self._cert_file, key_file=self._key_file
         )
@@ -277,6 +343,8 @@ class GrpcFetcher:
                 progress.held = held
                 yield held
         except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and progress.held == offset:
+                raise _HubBusyError(e.details() or "RESOURCE_EXHAUSTED") from e
             raise map_rpc_error(e, target, ref.sha256, progress.held) from e
         finally:
             call.cancel()
@@ -307,6 +375,10 @@ class GrpcFetcher:
                     f"the desired state pins {ref.length}"
                 )
             yield chunk.offset, chunk.data
+
+
+class _HubBusyError(Exception):
+    """The hub refused to start the stream for now (RESOURCE_EXHAUSTED): try again after a pause."""
 
 
 class _Progress:

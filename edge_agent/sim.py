@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import math
@@ -56,6 +57,12 @@ log = logging.getLogger(__name__)
 SHIFT_SIGNAL = signal.SIGUSR1
 # Devices of one simulated fleet in their MQTT handshake at once, and how long one may hold its place.
 DEFAULT_HANDSHAKES = 256
+# Downloads the fleet's devices stream at once, at most. A device waiting for a place has not asked
+# the hub yet, so the wait does not count against its chunk timeout. Every device shares this
+# process's one event loop: 10,000 downloads started together by a rollout each waited behind all the
+# others for their first chunk, past the 30 s timeout, again on every retry (bench/scale.py), while
+# the hub answered any other client within 0.2 s. A real device has its own CPU.
+DEFAULT_DOWNLOADS = 256
 HANDSHAKE_HOLD_S = 15.0
 # The keepalive of a light device: the shipped broker's max_keepalive (deploy/mosquitto/edgefleet.conf).
 LIGHT_KEEPALIVE_S = 120
@@ -134,6 +141,7 @@ class Fleet:
         light: bool = False,
         connect_rate: float = 0.0,
         handshakes: int = DEFAULT_HANDSHAKES,
+        downloads: int = DEFAULT_DOWNLOADS,
         seed: int = 0,
     ) -> None:
         if not (connect_rate >= 0 and math.isfinite(connect_rate)):
@@ -147,6 +155,8 @@ class Fleet:
         self.light = light
         # Devices connecting at once, at most (0: no bound); see _run_first.
         self._handshakes = asyncio.Semaphore(handshakes) if handshakes > 0 else None
+        # Downloads in flight across the fleet, at most (0: no bound).
+        self.download_slots = asyncio.Semaphore(downloads) if downloads > 0 else None
         self._shared: dict[int, SharedRuntimes] = {}
         # Light mode: one session per artifact for the whole fleet (edge_agent.sim_light).
         self.sessions: SessionCache | None = SessionCache() if light else None
@@ -191,6 +201,8 @@ class Fleet:
                 channels=self.channels,
                 sync_channels=self.sync_channels,
                 runtimes=self._runtimes(index),
+                download_slots=self.download_slots,
+                durable_state=not light,
             )
             for index, device_id in enumerate(ids)
         ]
@@ -243,10 +255,20 @@ class Fleet:
             if a.config.local_api.socket is not None
         }
 
-    async def run(self, stop: asyncio.Event, *, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        freeze_heap: bool = False,
+    ) -> None:
         """Run every agent; print the ready line to ``out`` (stdout) once all are up, and the traffic
         summary to ``err`` (stderr) once stopped. SHIFT_SIGNAL calls :meth:`toggle_shift` while it runs
-        (its handler is in place before run first yields to the loop)."""
+        (its handler is in place before run first yields to the loop). ``freeze_heap``: see
+        :func:`_freeze_heap` (the process that runs only the fleet asks for it)."""
+        if freeze_heap:
+            _freeze_heap()
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(SHIFT_SIGNAL, self.toggle_shift, out)
@@ -278,6 +300,8 @@ class Fleet:
                     if task is not None and task in done and task.exception() is not None:
                         raise RuntimeError(f"{task.get_name()} failed") from task.exception()
                 if all_ready in done:
+                    if freeze_heap:
+                        _freeze_heap()  # the connections, sessions and tasks every device now holds
                     _write_line(
                         out,
                         {
@@ -289,6 +313,8 @@ class Fleet:
                     )
         finally:
             stop.set()
+            if freeze_heap:
+                gc.unfreeze()
             await cancel_and_wait([all_ready, stopped, *([traffic] if traffic is not None else [])])
             agents_stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -327,6 +353,8 @@ class Fleet:
                 channels=self.channels,
                 sync_channels=self.sync_channels,
                 runtimes=self._runtimes(index),
+                download_slots=self.download_slots,
+                durable_state=not self.light,
             )
             restarted.ready.set()  # it was ready once; the ready line is not printed again
             self.agents[index] = restarted
@@ -355,6 +383,19 @@ class Fleet:
         await running
 
 
+def _freeze_heap() -> None:
+    """Collect, then move every object alive now out of the cyclic collector's sight (``gc.freeze``).
+
+    Ten thousand simulated devices hold millions of long-lived objects (agents, their state, their
+    connections) and the collector walked them all again and again: 40% of the simulator's CPU during
+    a rollout (py-spy --native, bench/scale.py), while its devices' downloads waited for a turn of
+    the loop. Objects made later are collected as usual, and reference counting still frees frozen
+    ones; only a cycle among them outlives its use until the fleet stops and unfreezes.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def run_fleet(
     n: int,
     base_dir: Path,
@@ -378,6 +419,7 @@ async def run_fleet(
     err: TextIO | None = None,
     light: bool = False,
     connect_rate: float = 0.0,
+    freeze_heap: bool = False,
 ) -> None:
     """Run ``n`` agents (``sim-0001``..) under ``base_dir`` until ``stop_event`` is set.
 
@@ -386,7 +428,9 @@ async def run_fleet(
     index. ``traffic``: synthetic requests every device serves (None: none), summed up on ``err``
     (stderr) at the end. ``light``: share one onnxruntime session per artifact (see
     :mod:`edge_agent.sim_light`); ``connect_rate``: devices connecting per second (0: all at once).
-    The caller turns SIGINT/SIGTERM into ``stop_event`` (the CLI does).
+    ``freeze_heap``: keep the fleet's long-lived objects out of the cyclic collector (a process that
+    runs only the fleet; see :func:`_freeze_heap`). The caller turns SIGINT/SIGTERM into
+    ``stop_event`` (the CLI does).
     """
     fleet_ = Fleet(
         n,
@@ -408,4 +452,4 @@ async def run_fleet(
         light=light,
         connect_rate=connect_rate,
     )
-    await fleet_.run(stop_event, out=out, err=err)
+    await fleet_.run(stop_event, out=out, err=err, freeze_heap=freeze_heap)

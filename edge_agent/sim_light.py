@@ -15,6 +15,10 @@ sketches, trust metadata and MQTT connection. What light mode changes, and why i
 - **the outbox** is in memory, not an SQLite file per device: three open files per
   device would exceed the open-file limit at 10,000 devices. Messages still wait for the
   broker's PUBACK; only a crash of the simulator loses them, which a simulation accepts.
+- **the state file** is written atomically but not fsynced: a device fsyncs it before every step
+  of an update, and ten thousand devices on one disk spent most of the event loop in those fsyncs
+  while a rollout's downloads waited. A crash of the process still finds the old or the new state;
+  only a power cut of the simulating machine may lose the last one.
 - **the MQTT keepalive** is the shipped broker's longest (120 s, set in :mod:`edge_agent.sim`):
   ten thousand devices on one event loop, busy with a rollout, can go longer than 1.5 x 30 s
   without a turn to ping, and the broker would drop them all. A real device has its own CPU.
@@ -42,7 +46,7 @@ __all__ = ["LIGHT_NOTE", "SHARED_FORMATS", "SessionCache", "SharedRuntimes", "op
 # What the help and the bench say about the mode.
 LIGHT_NOTE = (
     "light: one onnxruntime session per artifact (by sha256) shared by the devices; outbox in memory; "
-    "keepalive 120 s"
+    "state files not fsynced; keepalive 120 s"
 )
 # Formats whose loaded runtime is safe to share between devices (stateless, thread-safe run).
 SHARED_FORMATS = frozenset({"onnx"})

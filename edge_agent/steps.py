@@ -315,6 +315,14 @@ class Steps:
             self.store.discard(sha)
             self.fail(K.EVENT_KIND_VERIFY_FAILED, attempt, f"stored artifact damaged, fetching it again: {e}")
             return E.CACHE_CORRUPT
+        except DownloadError as e:
+            # The signed metadata did not arrive (the hub busy in a rollout storm, or gone): the
+            # bytes were not judged, so they stay for the retry, and the hub counts no failed update.
+            held = self.store.partial_size(sha) if fresh else artifact.length
+            check = getattr(e, "code", "")  # metadata_download, from the signed-update channel
+            extra: dict[str, DetailValue] = {"check": check} if isinstance(check, str) and check else {}
+            self.fail(K.EVENT_KIND_DOWNLOAD_FAILED, attempt, str(e), offset=held, **extra)
+            return E.FAIL
         except (StoreError, StepTimeoutError) as e:
             self.fail(K.EVENT_KIND_INSTALL_FAILED, attempt, str(e))
             return E.FAIL

@@ -42,7 +42,9 @@ class ArtifactVerifier(Protocol):
     or a ModelRef built from ``desired.model.profile`` for its data profile.
     Raise :class:`~edge_agent.errors.VerifyError` (or a subclass) saying what was
     expected and what came; raise :class:`~edge_agent.errors.StoreError` when the
-    file cannot be read. Return None when the bytes are acceptable.
+    file cannot be read, and a :class:`~edge_agent.errors.DownloadError` when what the
+    judgement needs (signed metadata) cannot be fetched: nothing was judged then. Return
+    None when the bytes are acceptable.
     """
 
     @property

@@ -24,11 +24,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o600, folder_mode: int = 0o777) -> None:
+def atomic_write(
+    path: Path, data: bytes | str, *, mode: int = 0o600, folder_mode: int = 0o777, durable: bool = True
+) -> None:
     """Write ``data`` to ``path`` atomically; the file gets ``mode`` (private by default).
 
     Raises OSError (the temp file removed); callers wrap it in their own domain error. A missing folder
     is created with ``folder_mode`` (less the umask), so key folders can be made private from the start.
+    ``durable=False`` skips both fsyncs: the write stays atomic against a crash of the process, but a
+    power cut may lose it. Only a simulation of many devices on one disk asks for that.
     """
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True, mode=folder_mode)
@@ -40,10 +44,12 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o600, folder_mod
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         Path(tmp).replace(path)
     except BaseException:
         with contextlib.suppress(OSError):
             Path(tmp).unlink()
         raise
-    fsync_dir(folder)
+    if durable:
+        fsync_dir(folder)

@@ -7,8 +7,9 @@ cannot be used to fetch arbitrary leftovers.
 The server is grpc's asyncio server, in a thread of its own with its own event loop (the
 hub's other parts are threads). A download is a coroutine, not a worker thread, so a
 thousand devices fetching at once are a thousand streams rather than a queue behind a
-thread pool. What blocks (the registry check, stat, file reads, TUF metadata from the
-database) runs on a small thread pool; a stream holds at most one chunk in memory.
+thread pool. What blocks (the caller's and the registry's checks, stat, file reads, TUF metadata
+from the database) runs on a small thread pool, a call's checks and its first chunk in one trip
+there; a stream holds at most one chunk in memory.
 
 TLS (``ServerTls``) is set when the server binds; with a client CA every client must present a
 certificate it issued. Who may download (``Stat``, ``Fetch``) is decided per call by ``authorize``
@@ -27,7 +28,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
@@ -49,6 +50,18 @@ SERVICE_NAME = "edgefleet.v1.ArtifactService"
 IO_THREADS = 4
 # Seconds to wait for the event loop to bind, start or stop the server.
 LOOP_TIMEOUT_S = 30.0
+# Calls that reached the server but that its loop has not taken up yet. gRPC's own defaults
+# (1,000, and a hard 3,000) cancel the rest: when a rollout offers 3,000 devices at once, about a
+# quarter of their downloads and metadata fetches end CANCELLED within a second, and each comes
+# back after a back-off. A waiting call costs the server a few hundred bytes, so the default
+# takes a whole reconnect storm of the fleet sizes in docs/capacity.md.
+DEFAULT_MAX_PENDING_CALLS = 20_000
+# Downloads streamed at once; past it a Fetch is refused at once with RESOURCE_EXHAUSTED, and the
+# device comes back after a back-off (edge_agent.fetcher). Streams share the hub's link and its one
+# event loop fairly, so each message of N streams arrives only once N chunks went out: 10,000 at
+# once (a rollout's stage, bench/scale.py) took every stream past the devices' 30 s chunk timeout,
+# all of them, again on every retry. Capped, the downloads in flight finish and the rest follow.
+DEFAULT_MAX_ACTIVE_DOWNLOADS = 1_000
 
 # glibc's mallopt parameter, and the size from which each allocation is its own mapping.
 _M_MMAP_THRESHOLD = -3
@@ -87,6 +100,45 @@ async def _abort(
     raise AssertionError("ServicerContext.abort returns only by raising")
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """How much the artifact service takes on at once (``EDGEFLEET_GRPC_MAX_PENDING_CALLS`` and
+    ``EDGEFLEET_GRPC_MAX_ACTIVE_DOWNLOADS``); the constants above say why each is what it is."""
+
+    max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS
+    max_active_downloads: int = DEFAULT_MAX_ACTIVE_DOWNLOADS
+
+    def __post_init__(self) -> None:
+        for name in ("max_pending_calls", "max_active_downloads"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name}: expected at least 1, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """What a call asks for: ``chunk_size`` None for a Stat (no file opened)."""
+
+    sha256: str
+    offset: int = 0
+    chunk_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Admission:
+    """A call let through (its length; for a Fetch the open file and the first chunk), or refused."""
+
+    length: int = 0
+    file: BinaryIO | None = None
+    first: bytes = b""
+    code: grpc.StatusCode | None = None
+    details: str = ""
+
+    @staticmethod
+    def refused(code: grpc.StatusCode, details: str) -> _Admission:
+        return _Admission(code=code, details=details)
+
+
 class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
     """Stat and Fetch over an ArtifactStore; ``is_served(sha256)`` says whether it is registered."""
 
@@ -98,8 +150,12 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
         *,
         io: ThreadPoolExecutor,
         authorize: Authorize | None = None,
+        max_active_downloads: int = DEFAULT_MAX_ACTIVE_DOWNLOADS,
     ) -> None:
         self._store = store
+        # Fetches between their admission and their last chunk; only the loop thread counts them.
+        self._active = 0
+        self._max_active = max_active_downloads
         # None: every caller may download (tests of the streaming itself); the hub always sets one.
         self._authorize = authorize
         self._is_served = is_served
@@ -110,80 +166,123 @@ class ArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
-    async def _check(self, sha256: str, context: grpc.aio.ServicerContext[Any, Any]) -> int:
-        """The artifact's length, or abort the call with the status that says why not."""
-        if self._authorize is not None:
-            caller = CallerInfo(
-                auth=context.auth_context(),
-                metadata=tuple(context.invocation_metadata() or ()),
-                peer=context.peer(),
-            )
+    def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> CallerInfo | None:
+        if self._authorize is None:
+            return None
+        return CallerInfo(
+            auth=context.auth_context(),
+            metadata=tuple(context.invocation_metadata() or ()),
+            peer=context.peer(),
+        )
+
+    def _admit(self, caller: CallerInfo | None, request: _Wanted) -> _Admission:
+        """Everything a call needs before its first byte, in one trip to the I/O threads (blocking).
+
+        Who calls, whether the artifact is served, its length, and for a Fetch the open file and the
+        first chunk. One trip, not one per step: the hub's other threads (ingest, the rollout engine,
+        the API) hold the GIL for milliseconds at a time, and each trip waits for it twice. With five
+        trips a call, a rollout offering 10,000 devices at once left downloads without a first byte
+        past the devices' 30 s chunk timeout (bench/scale.py).
+        """
+        sha256 = request.sha256
+        if caller is not None and self._authorize is not None:
             try:
-                await self._blocking(self._authorize, caller)
+                self._authorize(caller)
             except CallRefusedError as e:
                 code = (
                     grpc.StatusCode.UNAUTHENTICATED
                     if e.unauthenticated
                     else grpc.StatusCode.PERMISSION_DENIED
                 )
-                await _abort(context, code, str(e))
+                return _Admission.refused(code, str(e))
         try:
             check_sha256(sha256)
         except InvalidInputError as e:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if not await self._blocking(self._is_served, sha256):
-            await _abort(
-                context, grpc.StatusCode.NOT_FOUND, f"artifact {sha256} is not a registered model version"
+            return _Admission.refused(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if not self._is_served(sha256):
+            return _Admission.refused(
+                grpc.StatusCode.NOT_FOUND, f"artifact {sha256} is not a registered model version"
             )
+        if request.chunk_size is None:  # Stat: the length only
+            try:
+                return _Admission(length=self._store.stat(sha256).length)
+            except ArtifactNotFoundError as e:
+                return _Admission.refused(grpc.StatusCode.NOT_FOUND, str(e))
+            except HubError as e:  # an object store behind the cache did not answer
+                log.warning("artifact %s: %s", sha256, e)
+                return _Admission.refused(grpc.StatusCode.UNAVAILABLE, str(e))
         try:
-            return (await self._blocking(self._store.stat, sha256)).length
+            # A store backed by an object store fetches and verifies the file here, before any byte goes.
+            f = self._store.open(sha256)
         except ArtifactNotFoundError as e:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
-        except HubError as e:  # an object store behind the cache did not answer
+            return _Admission.refused(grpc.StatusCode.NOT_FOUND, str(e))
+        except InvalidArtifactError as e:
+            log.error("refused to serve artifact %s: %s", sha256, e)
+            return _Admission.refused(grpc.StatusCode.DATA_LOSS, str(e))
+        except HubError as e:
             log.warning("artifact %s: %s", sha256, e)
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(e))
+            return _Admission.refused(grpc.StatusCode.UNAVAILABLE, str(e))
+        try:
+            length = os.fstat(f.fileno()).st_size
+            if request.offset > length:
+                f.close()
+                return _Admission.refused(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"offset {request.offset} is past the end of artifact {sha256}: "
+                    f"expected at most {length}",
+                )
+            first = os.pread(f.fileno(), min(request.chunk_size, length - request.offset), request.offset)
+        except BaseException:
+            f.close()
+            raise
+        return _Admission(length=length, file=f, first=first)
 
     @override
     async def Stat(
         self, request: artifact_pb2.StatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> artifact_pb2.ArtifactInfo:
-        length = await self._check(request.sha256, context)
-        return artifact_pb2.ArtifactInfo(sha256=request.sha256, length=length)
+        admitted = await self._blocking(self._admit, self._caller(context), _Wanted(request.sha256))
+        if admitted.code is not None:
+            await _abort(context, admitted.code, admitted.details)
+        return artifact_pb2.ArtifactInfo(sha256=request.sha256, length=admitted.length)
 
     @override
     async def Fetch(
         self, request: artifact_pb2.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[artifact_pb2.ArtifactChunk]:
-        length = await self._check(request.sha256, context)
-        if request.offset > length:
+        if self._active >= self._max_active:
             await _abort(
                 context,
-                grpc.StatusCode.OUT_OF_RANGE,
-                f"offset {request.offset} is past the end of artifact {request.sha256}: "
-                f"expected at most {length}",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"hub busy: {self._active} downloads in progress, the most it streams at once "
+                "(EDGEFLEET_GRPC_MAX_ACTIVE_DOWNLOADS); retry after a back-off",
             )
+        self._active += 1
+        try:
+            async for chunk in self._stream(request, context):
+                yield chunk
+        finally:
+            self._active -= 1
+
+    async def _stream(
+        self, request: artifact_pb2.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[artifact_pb2.ArtifactChunk]:
         chunk_size = min(request.chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
+        wanted = _Wanted(request.sha256, request.offset, chunk_size)
+        admitted = await self._blocking(self._admit, self._caller(context), wanted)
+        if admitted.code is not None or admitted.file is None:
+            await _abort(context, admitted.code or grpc.StatusCode.INTERNAL, admitted.details)
+        f, length, data = admitted.file, admitted.length, admitted.first
         offset = request.offset
         try:
-            # A store backed by an object store fetches and verifies the file here, before any byte goes.
-            f = await self._blocking(self._store.open, request.sha256)
-        except ArtifactNotFoundError as e:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
-        except InvalidArtifactError as e:
-            log.error("refused to serve artifact %s: %s", request.sha256, e)
-            await _abort(context, grpc.StatusCode.DATA_LOSS, str(e))
-        except HubError as e:
-            log.warning("artifact %s: %s", request.sha256, e)
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(e))
-        try:
             fd = f.fileno()
-            while offset < length:
-                data = await self._blocking(os.pread, fd, min(chunk_size, length - offset), offset)
-                if not data:
-                    break
+            while data:
                 # Returns once grpc took the message: flow control paces the reads to the device.
                 yield artifact_pb2.ArtifactChunk(offset=offset, data=data, total_length=length)
                 offset += len(data)
+                if offset >= length:
+                    break
+                data = await self._blocking(os.pread, fd, min(chunk_size, length - offset), offset)
         finally:
             f.close()
         if request.device_id:
@@ -242,9 +341,16 @@ class ArtifactServer:
     loop thread lives from the bind to the stop.
     """
 
-    def __init__(self, address: str, tls: ServerTls | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        tls: ServerTls | None = None,
+        *,
+        limits: ServerLimits | None = None,
+    ) -> None:
         _map_chunks_apart()
         self.tls = tls
+        self.limits = limits or ServerLimits()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-artifacts", daemon=True)
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="grpc-artifacts-io")
@@ -272,6 +378,9 @@ class ArtifactServer:
                 # gRPC sets SO_REUSEPORT by default, so a second hub on the same port would bind
                 # too and take half of the first one's connections. A taken port is an error.
                 ("grpc.so_reuseport", 0),
+                # Past the soft limit gRPC cancels new calls at random, past the hard one all of them.
+                ("grpc.server.max_pending_requests", self.limits.max_pending_calls),
+                ("grpc.server.max_pending_requests_hard_limit", self.limits.max_pending_calls),
             ]
         )
         try:
@@ -300,7 +409,14 @@ class ArtifactServer:
         """Add the artifact and health services and start serving (once)."""
         if self._serving or self._stopping:
             raise RuntimeError("an artifact server serves once, between its bind and its stop")
-        service = ArtifactService(store, is_served, metadata, io=self._io, authorize=authorize)
+        service = ArtifactService(
+            store,
+            is_served,
+            metadata,
+            io=self._io,
+            authorize=authorize,
+            max_active_downloads=self.limits.max_active_downloads,
+        )
         self._call(self._serve(service))
         self._serving = True
 
@@ -355,7 +471,11 @@ class ArtifactServer:
 
 
 def bind_grpc_server(
-    host: str = "127.0.0.1", port: int = 0, *, tls: ServerTls | None = None
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    tls: ServerTls | None = None,
+    limits: ServerLimits | None = None,
 ) -> tuple[ArtifactServer, int]:
     """A server bound to ``host:port`` with no services yet; returns it and its port (``port=0``: any).
 
@@ -363,7 +483,7 @@ def bind_grpc_server(
     the database or talks to the broker, so that a taken port stops it before either.
     """
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    server = ArtifactServer(address, tls)
+    server = ArtifactServer(address, tls, limits=limits)
     return server, server.port
 
 
@@ -388,9 +508,10 @@ def start_grpc_server(
     port: int = 0,
     tls: ServerTls | None = None,
     authorize: Authorize | None = None,
+    limits: ServerLimits | None = None,
 ) -> tuple[ArtifactServer, int]:
     """Start the artifact and health services; returns the server and its bound port (``port=0``: any)."""
-    server, bound = bind_grpc_server(host, port, tls=tls)
+    server, bound = bind_grpc_server(host, port, tls=tls, limits=limits)
     try:
         serve_artifacts(server, store, is_served, metadata=metadata, authorize=authorize)
     except BaseException:

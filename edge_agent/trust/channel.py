@@ -30,7 +30,14 @@ from edge_agent.trust.director import (
     UnknownDirectorKeyError,
     verify_signed_desired,
 )
-from edge_agent.trust.errors import DirectorRejectedError, MetadataError, RepositoryMismatchError, TrustError
+from edge_agent.trust.errors import (
+    DirectorRejectedError,
+    MetadataDownloadError,
+    MetadataError,
+    MetadataTooLargeError,
+    RepositoryMismatchError,
+    TrustError,
+)
 from edge_agent.trust.state import TrustStateFile
 from edge_agent.trust.targets import SignedTarget, verify_file
 from edgefleet_proto.v1 import common_pb2, desired_pb2
@@ -148,13 +155,21 @@ class SignedUpdateChannel:
     def verify(self, path: Path, ref: common_pb2.ModelRef, desired: desired_pb2.DesiredState) -> None:
         """Refresh the metadata, match the director's target with the repository's, check the bytes.
 
-        Raises a :class:`VerifyError` for anything that stops the artifact from being trusted,
-        metadata that cannot be fetched included: the updater reports it and retries later.
+        Raises a :class:`VerifyError` for anything that stops the artifact from being trusted.
+        Metadata the hub did not deliver (unreachable, busy, a broken stream) judges nothing:
+        that is a :class:`MetadataDownloadError`, which the updater reports as a failed download
+        and retries, keeping the bytes. Metadata larger than allowed is refused as untrusted.
         """
         try:
             self.refresh()
         except VerifyError:
             raise
+        except MetadataDownloadError as e:
+            if not isinstance(e, MetadataTooLargeError):
+                raise
+            wrapped = MetadataError(str(e))
+            wrapped.code = e.code
+            raise wrapped from e
         except TrustError as e:
             wrapped = MetadataError(str(e))
             wrapped.code = e.code  # keep the precise check name (metadata_too_large, not_provisioned, ...)

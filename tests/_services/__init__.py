@@ -2,7 +2,7 @@
 
 from tests._services.mosquitto import Mosquitto, find_mosquitto
 from tests._services.postgres import PostgreSQL, find_bindir
-from tests._services.process import MissingBinary, ServiceFailed, free_port
+from tests._services.process import MissingBinary, ServiceFailed, free_port, restartable_port
 from tests._services.running import running
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "find_bindir",
     "find_mosquitto",
     "free_port",
+    "restartable_port",
     "running",
 ]

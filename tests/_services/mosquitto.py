@@ -15,9 +15,9 @@ from tests._services.process import (
     MissingBinary,
     ServiceFailed,
     as_account,
-    free_port,
     port_open,
     private_dir,
+    restartable_port,
     service_account,
     spawn,
     stop,
@@ -51,7 +51,7 @@ class Mosquitto:
     def __init__(self, *, persistence: bool = False) -> None:
         self.binary = find_mosquitto()
         self.host = HOST
-        self.port = free_port()
+        self.port = restartable_port()
         self.persistence = persistence
         self._account = service_account("mosquitto")
         self.root = private_dir("ef-mqtt-", self._account)
@@ -82,7 +82,7 @@ class Mosquitto:
         attempts = 1 if self._started else START_ATTEMPTS
         for attempt in range(attempts):
             if attempt:
-                self.port = free_port()
+                self.port = restartable_port()
             self._write_config()
             self.proc = spawn(
                 [*as_account(self._account), self.binary, "-c", str(self.conf)], self.log, self.root

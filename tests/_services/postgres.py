@@ -25,8 +25,8 @@ from tests._services.process import (
     MissingBinary,
     ServiceFailed,
     as_account,
-    free_port,
     private_dir,
+    restartable_port,
     service_account,
     spawn,
     stop,
@@ -66,7 +66,7 @@ class PostgreSQL:
     def __init__(self, *, dbname: str = "test") -> None:
         self.bindir = find_bindir()
         self.host = HOST
-        self.port = free_port()
+        self.port = restartable_port()
         self.dbname = dbname
         self.superuser = "postgres"
         self._account = service_account("postgres")
@@ -134,7 +134,7 @@ class PostgreSQL:
         self._initdb()
         for attempt in range(START_ATTEMPTS):
             if attempt:
-                self.port = free_port()
+                self.port = restartable_port()
             self.proc = self._spawn()
             try:
                 wait_ready(

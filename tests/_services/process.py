@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -30,6 +31,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+# Below Linux's default ephemeral range (32768-60999), above the ports services usually take.
+_STABLE_PORTS = range(20_000, 32_768)
+
+
+def restartable_port(rng: random.Random | None = None) -> int:
+    """A free TCP port that a server stopped mid-test can bind again when it restarts.
+
+    The kernel's pick (:func:`free_port`) comes from the ephemeral range, from which it also gives
+    every outgoing connection its local port: a hub killed mid-test lost its port to a client's
+    connection before it restarted ("HTTP port ... is in use"). Ports below that range are never
+    handed out that way, so one stays free for as long as no listener takes it.
+    """
+    pick = rng or random.Random()
+    low = _ephemeral_low()
+    ports = range(_STABLE_PORTS.start, min(_STABLE_PORTS.stop, low))
+    if not ports:  # an ephemeral range moved down to ours: nothing is safe, take the kernel's pick
+        return free_port()
+    for _ in range(200):
+        port = pick.choice(ports)
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} after 200 tries")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux), or the top of ours elsewhere."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+    except OSError:
+        return _STABLE_PORTS.stop
+    return int(text.split()[0])
 
 
 def port_open(port: int, host: str = HOST) -> bool:

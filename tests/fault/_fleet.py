@@ -29,7 +29,7 @@ import numpy as np
 from sqlalchemy import create_engine, text
 
 from cloud.client.hub import HubClient
-from tests._services import free_port
+from tests._services import restartable_port
 from tests.fault._fleet_child import Ledger
 
 __all__ = [
@@ -39,8 +39,13 @@ __all__ = [
     "Relay",
     "SimFleet",
     "WindowCount",
+    "assert_completed_in_two_stages",
+    "assert_stored_exactly_once",
     "count_windows",
+    "finish_rollout",
     "make_model",
+    "serve_version_1",
+    "start_two_stage_rollout",
     "wait_until",
 ]
 
@@ -128,7 +133,8 @@ class HubProcess:
         self.data_dir = data_dir
         # A replica among several: telemetry, sketches and events through one shared subscription.
         self.shared = shared
-        self.api_port, self.grpc_port = free_port(), free_port()
+        # Kept across a restart of this hub (a replica killed and started again).
+        self.api_port, self.grpc_port = restartable_port(), restartable_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.grpc_endpoint = f"127.0.0.1:{self.grpc_port}"
         self.database_url = database_url or f"sqlite:///{data_dir / 'hub.db'}"
@@ -432,6 +438,33 @@ def states(client: HubClient) -> dict[str, str]:
     return {d["id"]: str(d["state"]) for d in client.list_devices()}
 
 
+# The model every rollout scenario serves: version 1 on every device before, version 2 rolled out.
+MODEL = "fault"
+
+
+def serve_version_1(
+    stack: contextlib.ExitStack,
+    fleet: SimFleet,
+    client: HubClient,
+    work: Path,
+    timeout: float,
+    *,
+    observer: HubClient | None = None,
+) -> set[str]:
+    """Push versions 1 and 2 of ``MODEL`` through ``client`` (model files in ``work``), start
+    ``fleet`` (closed with ``stack``) and assign it version 1; return its device ids once every
+    device serves version 1, by ``observer``'s account (``client``'s unless given)."""
+    stack.callback(fleet.close)
+    push_versions(client, work, MODEL, ["1", "2"])
+    fleet.start()
+    ids = set(fleet.ids)
+    hub = observer or client
+    wait_until("every device online", lambda: set(states(hub).values()) == {"online"}, timeout)
+    client.assign(model=MODEL, version="1", devices=sorted(ids))
+    wait_until("every device to serve version 1", lambda: serving(hub, "1") == ids, timeout)
+    return ids
+
+
 def start_rollout(
     client: HubClient, name: str, version: str, stages: list[dict[str, Any]], gates: dict[str, Any]
 ) -> str:
@@ -442,6 +475,18 @@ def start_rollout(
         "gates": gates,
     }
     return str(client.create_rollout(json.dumps(plan), content_type="application/json")["id"])
+
+
+def start_two_stage_rollout(
+    client: HubClient, first_bake: str, *, gates: dict[str, Any] | None = None, **last_stage: Any
+) -> str:
+    """A rollout of version 2 of ``MODEL``: half the fleet, baking ``first_bake``, then all of it,
+    baking 1 s (``last_stage``: more fields of that stage's plan)."""
+    stages = [
+        {"name": "half", "percent": 50, "bake": first_bake},
+        {"name": "all", "percent": 100, "bake": "1s", **last_stage},
+    ]
+    return start_rollout(client, MODEL, "2", stages=stages, gates=gates or {})
 
 
 # Where a rollout rests unless someone acts: completed, or stopped by its gates.
@@ -479,6 +524,24 @@ def chain(view: dict[str, Any]) -> list[str]:
     return [t["to_state"] for t in view["transitions"]]
 
 
+def assert_completed_in_two_stages(view: dict[str, Any]) -> None:
+    """The rollout went through both stages of ``start_two_stage_rollout`` and nothing else."""
+    assert chain(view) == [
+        "running", "baking", "promoting", "running", "baking", "promoting", "completed",
+    ], describe(view)  # fmt: skip
+
+
+def finish_rollout(
+    client: HubClient, rollout_id: str, fleet: SimFleet, ids: set[str], timeout: float
+) -> tuple[dict[str, Any], Ledger]:
+    """Wait for the rollout to settle and, if it completed, for every device of ``ids`` to serve
+    version 2; then stop the fleet. Returns the rollout's view and the fleet's ledger."""
+    view = wait_rollout(client, rollout_id, SETTLED, timeout)
+    if view["state"] == "completed":
+        wait_until("every device to serve version 2", lambda: serving(client, "2") == ids, timeout)
+    return view, fleet.stop()
+
+
 # --- the count of windows -------------------------------------------------------------------------
 
 
@@ -513,6 +576,13 @@ class WindowCount:
 def _short(by_device: dict[str, list[int]]) -> str:
     shown = (f"{d}: {seqs[:8]}{'...' if len(seqs) > 8 else ''}" for d, seqs in sorted(by_device.items()))
     return "; ".join(shown)
+
+
+def assert_stored_exactly_once(count: WindowCount, *notes: str) -> None:
+    """Every window the broker acknowledged is stored once, none is stored that no device sent, and
+    no device queue dropped any (``notes``: said beside the problems on failure)."""
+    problems = count.problems()
+    assert not problems, "\n".join([*problems, *notes])
 
 
 def stored_windows(database_url: str, devices: Sequence[str]) -> dict[str, dict[int, int]]:

@@ -21,18 +21,15 @@ import pytest
 
 from tests._services import Mosquitto, running
 from tests.fault._fleet import (
-    SETTLED,
     FleetTimings,
     HubProcess,
     SimFleet,
-    chain,
-    describe,
-    push_versions,
-    serving,
+    assert_completed_in_two_stages,
+    assert_stored_exactly_once,
+    finish_rollout,
+    serve_version_1,
     settled_count,
-    start_rollout,
-    states,
-    wait_rollout,
+    start_two_stage_rollout,
     wait_until,
 )
 
@@ -66,24 +63,9 @@ def test_a_broker_restart_mid_rollout_loses_no_acknowledged_telemetry(
             api_url=hub.api_url,
             timings=FleetTimings(telemetry_interval_s=0.1),
         )
-        stack.callback(fleet.close)
         client = stack.enter_context(hub.client())
-        push_versions(client, short_tmp, "fault", ["1", "2"])
-        fleet.start()
-        ids = set(fleet.ids)
-        wait_until("every device online", lambda: set(states(client).values()) == {"online"}, TIMEOUT_S)
-        client.assign(model="fault", version="1", devices=sorted(ids))
-        wait_until("every device to serve version 1", lambda: serving(client, "1") == ids, TIMEOUT_S)
-        rollout = start_rollout(
-            client,
-            "fault",
-            "2",
-            stages=[
-                {"name": "half", "percent": 50, "bake": "3s"},
-                {"name": "all", "percent": 100, "bake": "1s"},
-            ],
-            gates={},
-        )
+        ids = serve_version_1(stack, fleet, client, short_tmp, TIMEOUT_S)
+        rollout = start_two_stage_rollout(client, "3s")
         wait_until(
             "the first stage to bake",
             lambda: (v := client.rollout(rollout))["state"] == "baking" and v["stage"] == 0,
@@ -98,14 +80,9 @@ def test_a_broker_restart_mid_rollout_loses_no_acknowledged_telemetry(
         )
         broker.start()
 
-        view = wait_rollout(client, rollout, SETTLED, TIMEOUT_S)
-        if view["state"] == "completed":
-            wait_until("every device to serve version 2", lambda: serving(client, "2") == ids, TIMEOUT_S)
-        ledger = fleet.stop()
+        view, ledger = finish_rollout(client, rollout, fleet, ids, TIMEOUT_S)
         count = settled_count(ledger, hub.database_url, timeout=20)
-    assert not count.problems(), "\n".join(count.problems())
+    assert_stored_exactly_once(count)
     # The windows queued during the outage were among those acknowledged afterwards.
     assert count.acked >= DEVICES * (QUEUED_DURING_OUTAGE + 10), count
-    assert chain(view) == [
-        "running", "baking", "promoting", "running", "baking", "promoting", "completed",
-    ], describe(view)  # fmt: skip
+    assert_completed_in_two_stages(view)

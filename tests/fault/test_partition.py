@@ -31,17 +31,17 @@ import pytest
 
 from tests._services import running
 from tests.fault._fleet import (
-    SETTLED,
     FleetTimings,
     HubProcess,
     Relay,
     SimFleet,
-    chain,
+    assert_completed_in_two_stages,
+    assert_stored_exactly_once,
     describe,
-    push_versions,
-    serving,
+    finish_rollout,
+    serve_version_1,
     settled_count,
-    start_rollout,
+    start_two_stage_rollout,
     states,
     wait_rollout,
     wait_until,
@@ -95,24 +95,9 @@ def test_devices_cut_off_for_a_simulated_hour_catch_up_and_the_rollout_completes
             timings=FleetTimings(telemetry_interval_s=PERIOD_S, keepalive_s=5),
             prefix=netns.prefix,
         )
-        stack.callback(fleet.close)
         client = stack.enter_context(hub.client())
-        push_versions(client, short_tmp, "fault", ["1", "2"])
-        fleet.start()
-        ids = set(fleet.ids)
-        wait_until("every device online", lambda: set(states(client).values()) == {"online"}, TIMEOUT_S)
-        client.assign(model="fault", version="1", devices=sorted(ids))
-        wait_until("every device to serve version 1", lambda: serving(client, "1") == ids, TIMEOUT_S)
-        rollout = start_rollout(
-            client,
-            "fault",
-            "2",
-            stages=[
-                {"name": "half", "percent": 50, "bake": "2s"},
-                {"name": "all", "percent": 100, "bake": "1s", "min_devices": DEVICES},
-            ],
-            gates={"max_offline_pct": None},
-        )
+        ids = serve_version_1(stack, fleet, client, short_tmp, TIMEOUT_S)
+        rollout = start_two_stage_rollout(client, "2s", gates={"max_offline_pct": None}, min_devices=DEVICES)
         wait_rollout(client, rollout, {"baking"}, TIMEOUT_S)
 
         netns.cut()
@@ -128,17 +113,12 @@ def test_devices_cut_off_for_a_simulated_hour_catch_up_and_the_rollout_completes
         netns.restore()
 
         wait_until("every device online again", lambda: set(states(client).values()) == {"online"}, TIMEOUT_S)
-        view = wait_rollout(client, rollout, SETTLED, TIMEOUT_S)
-        if view["state"] == "completed":
-            wait_until("every device to serve version 2", lambda: serving(client, "2") == ids, TIMEOUT_S)
-        ledger = fleet.stop()
+        view, ledger = finish_rollout(client, rollout, fleet, ids, TIMEOUT_S)
         count = settled_count(ledger, hub.database_url, timeout=30)
     assert during["state"] != "completed", (
         f"the rollout completed while every device was cut off: {describe(during)}"
     )
-    assert not count.problems(), "\n".join(count.problems())
+    assert_stored_exactly_once(count)
     not_acked = {d: sorted(seqs - ledger.acked[d]) for d, seqs in queued.items() if seqs - ledger.acked[d]}
     assert not not_acked, f"windows queued offline that never reached the broker: {not_acked}"
-    assert chain(view) == [
-        "running", "baking", "promoting", "running", "baking", "promoting", "completed",
-    ], describe(view)  # fmt: skip
+    assert_completed_in_two_stages(view)

@@ -24,20 +24,17 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.fault._fleet import (
-    SETTLED,
     FleetTimings,
     HubProcess,
     Relay,
     SimFleet,
-    chain,
-    describe,
-    push_versions,
-    serving,
+    assert_completed_in_two_stages,
+    assert_stored_exactly_once,
+    finish_rollout,
+    serve_version_1,
     settled_count,
-    start_rollout,
-    states,
+    start_two_stage_rollout,
     wait_rollout,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -90,7 +87,6 @@ def test_a_replica_killed_mid_rollout_leaves_the_other_to_complete_it(
         token = a.token()
         client_a = stack.enter_context(a.client(token))
         client_b = stack.enter_context(b.client(token))
-        push_versions(client_a, short_tmp, "fault", ["1", "2"])
         fleet = SimFleet(
             DEVICES,
             fleet_name,
@@ -100,35 +96,16 @@ def test_a_replica_killed_mid_rollout_leaves_the_other_to_complete_it(
             api_url=f"http://{api_lb.address}",
             timings=FleetTimings(telemetry_interval_s=0.1),
         )
-        stack.callback(fleet.close)
-        fleet.start()
-        ids = set(fleet.ids)
-        wait_until("every device online", lambda: set(states(client_b).values()) == {"online"}, TIMEOUT_S)
-        client_a.assign(model="fault", version="1", devices=sorted(ids))
-        wait_until("every device to serve version 1", lambda: serving(client_b, "1") == ids, TIMEOUT_S)
-        rollout = start_rollout(
-            client_a,
-            "fault",
-            "2",
-            stages=[
-                {"name": "half", "percent": 50, "bake": "4s"},
-                {"name": "all", "percent": 100, "bake": "1s"},
-            ],
-            gates={},
-        )
+        ids = serve_version_1(stack, fleet, client_a, short_tmp, TIMEOUT_S, observer=client_b)
+        rollout = start_two_stage_rollout(client_a, "4s")
         wait_rollout(client_b, rollout, {"baking"}, TIMEOUT_S)
         a.kill()
 
-        view = wait_rollout(client_b, rollout, SETTLED, TIMEOUT_S)
-        assert chain(view) == [
-            "running", "baking", "promoting", "running", "baking", "promoting", "completed",
-        ], describe(view)  # fmt: skip
-        wait_until("every device to serve version 2", lambda: serving(client_b, "2") == ids, TIMEOUT_S)
-        ledger = fleet.stop()
+        view, ledger = finish_rollout(client_b, rollout, fleet, ids, TIMEOUT_S)
+        assert_completed_in_two_stages(view)
         # B alone, with A still dead: what it stored of the windows the broker acknowledged.
         without_a = settled_count(ledger, database_url, timeout=10)
         # A's supervisor starts it again, on its own data folder: the same client id, the same session.
         a.start()
         count = settled_count(ledger, database_url, timeout=20)
-    problems = [*count.problems(), f"(before A came back, {without_a.lost} were missing)"]
-    assert not count.problems(), "\n".join(problems)
+    assert_stored_exactly_once(count, f"(before A came back, {without_a.lost} were missing)")

@@ -36,6 +36,8 @@ EXPECTED_MODULES = {
     "mqtt",
     "secrets",
     "shared_files",
+    "kms_key",
+    "service_role",
 }
 # Module call arguments that are terraform's own, not the module's variables.
 META_ARGUMENTS = {"source", "version", "count", "for_each", "providers", "depends_on"}
@@ -232,8 +234,18 @@ def test_hub_settings_match_the_hub_configuration() -> None:
 # --- the example environment --------------------------------------------------------------------
 
 
+def _nested_module_sources(directory: Path) -> set[Path]:
+    """The local modules a module calls (kms_key and service_role, from the modules that need them)."""
+    return {
+        (directory / _string(body["source"])).resolve()
+        for path in sorted(directory.glob("*.tf"))
+        for _, body in _blocks(_load(path), "module")
+    }
+
+
 def test_every_module_is_used_by_the_example() -> None:
     used = {source for source, _ in _module_calls().values()}
+    used |= {nested for source in set(used) for nested in _nested_module_sources(source)}
     unused = sorted(p.name for p in _module_dirs() if p.resolve() not in used)
     assert not unused, f"modules the example environment never calls: {unused}"
 

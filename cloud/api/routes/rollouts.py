@@ -26,6 +26,7 @@ from cloud.api.schemas.rollouts import (
     RolloutTransitionPublic,
 )
 from cloud.context import HubContext
+from cloud.db import read_transaction
 from cloud.errors import InvalidInputError, TooLargeError
 from cloud.models import Rollout
 from cloud.rollouts import service
@@ -137,14 +138,25 @@ def detail(session: Session, ctx: HubContext, row: Rollout) -> RolloutDetailPubl
     )
 
 
+def committed_detail(ctx: HubContext, rollout_id: str) -> RolloutDetailPublic:
+    """The view of a rollout whose change was just committed, read without the write lock.
+
+    On SQLite a read in a writing session waits for the write lock like a write: with the engine and
+    ingest busy, the answer to a create that had been stored came back 503, and a client that retried
+    it got a 409 for its own rollout. The change is stored; its answer must not depend on that lock.
+    """
+    with read_transaction(ctx.read_sessions) as session:
+        return detail(session, ctx, service.get_rollout(session, ctx.settings.fleet, rollout_id))
+
+
 def _create(ctx: HubContext, body: bytes, actor: str, supersede: bool) -> RolloutDetailPublic:
     plan = parse_plan(body, source="request body")
     with ctx.sessions() as session:
         row = service.create_rollout(
             session, fleet=ctx.settings.fleet, plan=plan, actor=actor, supersede=supersede, clock=ctx.clock
         )
-        ctx.kick_rollouts()
-        return detail(session, ctx, row)
+    ctx.kick_rollouts()
+    return committed_detail(ctx, row.id)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=_plan_body())
@@ -221,7 +233,7 @@ def _action_route(action: str, act: Callable[..., Rollout], doc: str) -> None:
         reason = body.reason if body is not None else ""
         row = act(session, ctx.settings.fleet, rollout_id, actor=token.name, reason=reason, clock=ctx.clock)
         ctx.kick_rollouts()
-        return detail(session, ctx, row)
+        return committed_detail(ctx, row.id)
 
     route.__name__ = f"{action}_rollout"
     route.__doc__ = doc + " An action the current state does not allow is a 409 that lists the allowed ones."

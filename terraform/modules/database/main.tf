@@ -2,35 +2,16 @@
 # protected from deletion. IAM authentication is on, so people can get short-lived logins instead
 # of sharing the master password (which lives in Secrets Manager, see the secrets module).
 
-data "aws_caller_identity" "current" {}
-data "aws_partition" "current" {}
-
 locals {
-  partition = data.aws_partition.current.partition
-  tags      = merge(var.tags, { "edgefleet/module" = "database" })
-  family    = "postgres${split(".", var.engine_version)[0]}"
+  tags   = merge(var.tags, { "edgefleet/module" = "database" })
+  family = "postgres${split(".", var.engine_version)[0]}"
 }
 
-resource "aws_kms_key" "db" {
-  description         = "${var.name} PostgreSQL storage, snapshots and Performance Insights"
-  enable_key_rotation = true
-  policy              = data.aws_iam_policy_document.db_key.json
-  tags                = local.tags
-}
+module "db_key" {
+  source = "../kms_key"
 
-data "aws_iam_policy_document" "db_key" {
-  # checkov:skip=CKV_AWS_111:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_356:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_109:a key policy's "*" resource is this key alone
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:${local.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
+  description = "${var.name} PostgreSQL storage, snapshots and Performance Insights"
+  tags        = local.tags
 }
 
 resource "aws_db_subnet_group" "this" {
@@ -99,25 +80,13 @@ resource "aws_db_parameter_group" "this" {
   }
 }
 
-data "aws_iam_policy_document" "monitoring_assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["monitoring.rds.amazonaws.com"]
-    }
-  }
-}
+module "monitoring_role" {
+  source = "../service_role"
 
-resource "aws_iam_role" "monitoring" {
-  name_prefix        = "${var.name}-rds-mon-"
-  assume_role_policy = data.aws_iam_policy_document.monitoring_assume.json
-  tags               = local.tags
-}
-
-resource "aws_iam_role_policy_attachment" "monitoring" {
-  role       = aws_iam_role.monitoring.name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole"
+  name_prefix          = "${var.name}-rds-mon-"
+  service              = "monitoring.rds.amazonaws.com"
+  aws_managed_policies = ["service-role/AmazonRDSEnhancedMonitoringRole"]
+  tags                 = local.tags
 }
 
 resource "aws_db_instance" "this" {
@@ -135,7 +104,7 @@ resource "aws_db_instance" "this" {
   max_allocated_storage = var.max_allocated_storage_gb
   storage_type          = "gp3"
   storage_encrypted     = true
-  kms_key_id            = aws_kms_key.db.arn
+  kms_key_id            = module.db_key.arn
 
   db_subnet_group_name   = aws_db_subnet_group.this.name
   vpc_security_group_ids = [aws_security_group.db.id]
@@ -154,13 +123,13 @@ resource "aws_db_instance" "this" {
   auto_minor_version_upgrade      = true
   enabled_cloudwatch_logs_exports = ["postgresql", "upgrade"]
   monitoring_interval             = 30
-  monitoring_role_arn             = aws_iam_role.monitoring.arn
+  monitoring_role_arn             = module.monitoring_role.arn
 
   performance_insights_enabled          = true
-  performance_insights_kms_key_id       = aws_kms_key.db.arn
+  performance_insights_kms_key_id       = module.db_key.arn
   performance_insights_retention_period = 7
 
   tags = local.tags
 
-  depends_on = [aws_iam_role_policy_attachment.monitoring]
+  depends_on = [module.monitoring_role]
 }

@@ -4,7 +4,6 @@
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
-data "aws_region" "current" {}
 
 locals {
   partition = data.aws_partition.current.partition
@@ -12,89 +11,44 @@ locals {
   log_types = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 }
 
-resource "aws_kms_key" "cluster" {
-  description         = "${var.name} EKS secrets and control plane logs"
-  enable_key_rotation = true
-  policy              = data.aws_iam_policy_document.cluster_key.json
-  tags                = local.tags
-}
+module "cluster_key" {
+  source = "../kms_key"
 
-data "aws_iam_policy_document" "cluster_key" {
-  # A key policy's "*" resource is the key it is attached to, nothing else.
-  # checkov:skip=CKV_AWS_111:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_356:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_109:a key policy's "*" resource is this key alone
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:${local.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
+  description = "${var.name} EKS secrets and control plane logs"
+  principal_grants = {
+    # Node volumes are encrypted with this key: the Auto Scaling service role that launches the managed
+    # nodes must be able to use it, or instances fail to start with an unexplained KMS error.
+    AutoScalingUsesForNodeVolumes = {
+      principals = ["arn:${local.partition}:iam::${data.aws_caller_identity.current.account_id}:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"]
+      actions    = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey", "kms:CreateGrant"]
     }
   }
-
-  # Node volumes are encrypted with this key: the Auto Scaling service role that launches the managed
-  # nodes must be able to use it, or instances fail to start with an unexplained KMS error.
-  statement {
-    sid       = "AutoScalingUsesForNodeVolumes"
-    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey", "kms:CreateGrant"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:${local.partition}:iam::${data.aws_caller_identity.current.account_id}:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"]
-    }
-  }
-
-  statement {
-    sid       = "CloudWatchLogsEncrypts"
-    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
-    resources = ["*"]
-    principals {
-      type        = "Service"
-      identifiers = ["logs.${data.aws_region.current.name}.amazonaws.com"]
-    }
-    condition {
-      test     = "ArnLike"
-      variable = "kms:EncryptionContext:aws:logs:arn"
-      values   = ["arn:${local.partition}:logs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:log-group:/aws/eks/${var.name}/*"]
-    }
-  }
+  cloudwatch_log_groups = ["/aws/eks/${var.name}/*"]
+  tags                  = local.tags
 }
 
 # Created before the cluster so that EKS does not make one without retention or encryption.
 resource "aws_cloudwatch_log_group" "cluster" {
   name              = "/aws/eks/${var.name}/cluster"
   retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.cluster.arn
+  kms_key_id        = module.cluster_key.arn
   tags              = local.tags
 }
 
-data "aws_iam_policy_document" "cluster_assume" {
-  statement {
-    actions = ["sts:AssumeRole", "sts:TagSession"]
-    principals {
-      type        = "Service"
-      identifiers = ["eks.amazonaws.com"]
-    }
-  }
-}
+module "cluster_role" {
+  source = "../service_role"
 
-resource "aws_iam_role" "cluster" {
-  name_prefix        = "${var.name}-cluster-"
-  assume_role_policy = data.aws_iam_policy_document.cluster_assume.json
-  tags               = local.tags
-}
-
-resource "aws_iam_role_policy_attachment" "cluster" {
-  role       = aws_iam_role.cluster.name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonEKSClusterPolicy"
+  name_prefix          = "${var.name}-cluster-"
+  service              = "eks.amazonaws.com"
+  assume_actions       = ["sts:AssumeRole", "sts:TagSession"]
+  aws_managed_policies = ["AmazonEKSClusterPolicy"]
+  tags                 = local.tags
 }
 
 resource "aws_eks_cluster" "this" {
   name                      = var.name
   version                   = var.kubernetes_version
-  role_arn                  = aws_iam_role.cluster.arn
+  role_arn                  = module.cluster_role.arn
   enabled_cluster_log_types = local.log_types
 
   vpc_config {
@@ -108,7 +62,7 @@ resource "aws_eks_cluster" "this" {
   encryption_config {
     resources = ["secrets"]
     provider {
-      key_arn = aws_kms_key.cluster.arn
+      key_arn = module.cluster_key.arn
     }
   }
 
@@ -120,36 +74,18 @@ resource "aws_eks_cluster" "this" {
   tags = local.tags
 
   depends_on = [
-    aws_iam_role_policy_attachment.cluster,
+    module.cluster_role,
     aws_cloudwatch_log_group.cluster,
   ]
 }
 
-data "aws_iam_policy_document" "node_assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["ec2.amazonaws.com"]
-    }
-  }
-}
+module "node_role" {
+  source = "../service_role"
 
-resource "aws_iam_role" "node" {
-  name_prefix        = "${var.name}-node-"
-  assume_role_policy = data.aws_iam_policy_document.node_assume.json
-  tags               = local.tags
-}
-
-resource "aws_iam_role_policy_attachment" "node" {
-  for_each = toset([
-    "AmazonEKSWorkerNodePolicy",
-    "AmazonEKS_CNI_Policy",
-    "AmazonEC2ContainerRegistryReadOnly",
-  ])
-
-  role       = aws_iam_role.node.name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/${each.value}"
+  name_prefix          = "${var.name}-node-"
+  service              = "ec2.amazonaws.com"
+  aws_managed_policies = ["AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly"]
+  tags                 = local.tags
 }
 
 resource "aws_launch_template" "node" {
@@ -167,7 +103,7 @@ resource "aws_launch_template" "node" {
       volume_size           = var.node_disk_size_gb
       volume_type           = "gp3"
       encrypted             = true
-      kms_key_id            = aws_kms_key.cluster.arn
+      kms_key_id            = module.cluster_key.arn
       delete_on_termination = true
     }
   }
@@ -183,7 +119,7 @@ resource "aws_launch_template" "node" {
 resource "aws_eks_node_group" "this" {
   cluster_name    = aws_eks_cluster.this.name
   node_group_name = "${var.name}-default"
-  node_role_arn   = aws_iam_role.node.arn
+  node_role_arn   = module.node_role.arn
   subnet_ids      = var.subnet_ids
   instance_types  = var.node_instance_types
 
@@ -209,7 +145,7 @@ resource "aws_eks_node_group" "this" {
     ignore_changes = [scaling_config[0].desired_size]
   }
 
-  depends_on = [aws_iam_role_policy_attachment.node]
+  depends_on = [module.node_role]
 }
 
 # IRSA: a Kubernetes service account assumes an IAM role (the hub's access to its bucket).

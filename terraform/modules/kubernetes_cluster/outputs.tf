@@ -30,5 +30,5 @@ output "oidc_issuer" {
 
 output "node_role_arn" {
   description = "The managed nodes' IAM role."
-  value       = aws_iam_role.node.arn
+  value       = module.node_role.arn
 }

@@ -2,10 +2,6 @@
 # subnets hold the EKS nodes and the database. Another cloud gets a sibling module with the same
 # outputs (ids of the network and of the private subnets), so the environment's wiring stays as it is.
 
-data "aws_caller_identity" "current" {}
-data "aws_partition" "current" {}
-data "aws_region" "current" {}
-
 locals {
   zone_count = length(var.availability_zones)
   nat_count  = var.single_nat_gateway ? 1 : local.zone_count
@@ -115,65 +111,27 @@ resource "aws_route_table_association" "private" {
 }
 
 # Flow logs: who talked to the broker, the database and the hub is the first question after an incident.
-resource "aws_kms_key" "flow_logs" {
-  description         = "${var.name} VPC flow logs"
-  enable_key_rotation = true
-  policy              = data.aws_iam_policy_document.flow_logs_key.json
-  tags                = local.tags
-}
+module "flow_logs_key" {
+  source = "../kms_key"
 
-data "aws_iam_policy_document" "flow_logs_key" {
-  # A key policy's "*" resource is the key it is attached to, nothing else.
-  # checkov:skip=CKV_AWS_111:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_356:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_109:a key policy's "*" resource is this key alone
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
-
-  statement {
-    sid       = "CloudWatchLogsEncrypts"
-    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
-    resources = ["*"]
-    principals {
-      type        = "Service"
-      identifiers = ["logs.${data.aws_region.current.name}.amazonaws.com"]
-    }
-    condition {
-      test     = "ArnLike"
-      variable = "kms:EncryptionContext:aws:logs:arn"
-      values   = ["arn:${data.aws_partition.current.partition}:logs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:log-group:/edgefleet/${var.name}/*"]
-    }
-  }
+  description           = "${var.name} VPC flow logs"
+  cloudwatch_log_groups = ["/edgefleet/${var.name}/*"]
+  tags                  = local.tags
 }
 
 resource "aws_cloudwatch_log_group" "flow_logs" {
   name              = "/edgefleet/${var.name}/vpc-flow-logs"
   retention_in_days = var.flow_log_retention_days
-  kms_key_id        = aws_kms_key.flow_logs.arn
+  kms_key_id        = module.flow_logs_key.arn
   tags              = local.tags
 }
 
-data "aws_iam_policy_document" "flow_logs_assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["vpc-flow-logs.amazonaws.com"]
-    }
-  }
-}
+module "flow_logs_role" {
+  source = "../service_role"
 
-resource "aws_iam_role" "flow_logs" {
-  name_prefix        = "${var.name}-flow-logs-"
-  assume_role_policy = data.aws_iam_policy_document.flow_logs_assume.json
-  tags               = local.tags
+  name_prefix = "${var.name}-flow-logs-"
+  service     = "vpc-flow-logs.amazonaws.com"
+  tags        = local.tags
 }
 
 data "aws_iam_policy_document" "flow_logs_write" {
@@ -185,7 +143,7 @@ data "aws_iam_policy_document" "flow_logs_write" {
 
 resource "aws_iam_role_policy" "flow_logs" {
   name   = "write-flow-logs"
-  role   = aws_iam_role.flow_logs.id
+  role   = module.flow_logs_role.name
   policy = data.aws_iam_policy_document.flow_logs_write.json
 }
 
@@ -193,6 +151,6 @@ resource "aws_flow_log" "this" {
   vpc_id          = aws_vpc.this.id
   traffic_type    = "ALL"
   log_destination = aws_cloudwatch_log_group.flow_logs.arn
-  iam_role_arn    = aws_iam_role.flow_logs.arn
+  iam_role_arn    = module.flow_logs_role.arn
   tags            = local.tags
 }

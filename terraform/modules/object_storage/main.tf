@@ -2,34 +2,15 @@
 # key, never public, reachable over TLS only. Devices never read it directly: they fetch artifacts
 # from the hub over gRPC, which verifies what it serves, so no public or presigned access is needed.
 
-data "aws_caller_identity" "current" {}
-data "aws_partition" "current" {}
-
 locals {
-  partition = data.aws_partition.current.partition
-  tags      = merge(var.tags, { "edgefleet/module" = "object_storage" })
+  tags = merge(var.tags, { "edgefleet/module" = "object_storage" })
 }
 
-resource "aws_kms_key" "artifacts" {
-  description         = "${var.bucket_name} artifacts"
-  enable_key_rotation = true
-  policy              = data.aws_iam_policy_document.artifacts_key.json
-  tags                = local.tags
-}
+module "artifacts_key" {
+  source = "../kms_key"
 
-data "aws_iam_policy_document" "artifacts_key" {
-  # checkov:skip=CKV_AWS_111:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_356:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_109:a key policy's "*" resource is this key alone
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:${local.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
+  description = "${var.bucket_name} artifacts"
+  tags        = local.tags
 }
 
 resource "aws_s3_bucket" "artifacts" {
@@ -67,7 +48,7 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "artifacts" {
   rule {
     apply_server_side_encryption_by_default {
       sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.artifacts.arn
+      kms_master_key_id = module.artifacts_key.arn
     }
     # One KMS request per bucket key instead of one per object: artifact fetches stay cheap.
     bucket_key_enabled = true
@@ -175,7 +156,7 @@ data "aws_iam_policy_document" "hub_access" {
   statement {
     sid       = "UseArtifactKey"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [aws_kms_key.artifacts.arn]
+    resources = [module.artifacts_key.arn]
   }
 }
 

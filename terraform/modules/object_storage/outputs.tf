@@ -15,7 +15,7 @@ output "bucket_region" {
 
 output "kms_key_arn" {
   description = "The key that encrypts the artifacts."
-  value       = aws_kms_key.artifacts.arn
+  value       = module.artifacts_key.arn
 }
 
 output "hub_access_policy_arn" {

@@ -7,36 +7,32 @@
 #   (`aws secretsmanager put-secret-value`), and it never passes through terraform state.
 # - fleet-ca-key: the fleet CA's key, from an input; no output ever carries it.
 
-data "aws_caller_identity" "current" {}
-data "aws_partition" "current" {}
-
 locals {
-  partition = data.aws_partition.current.partition
-  tags      = merge(var.tags, { "edgefleet/module" = "secrets" })
+  tags = merge(var.tags, { "edgefleet/module" = "secrets" })
   # Whether the CA key was given says nothing about the key itself, so it may steer count.
   store_ca = nonsensitive(var.fleet_ca_key_pem != null)
+
+  # The entries, named "<name>/<key>", with their descriptions. None rotates on a timer; the comment
+  # on each says why, and what replacing it takes.
+  secrets = merge(
+    {
+      # The hub reads the password at start; rotate with a new apply and a rolling restart (docs/terraform.md).
+      "db-password" = "edgefleet hub: PostgreSQL master password"
+      # A new passphrase must re-encrypt the online keys (fleet keys), which a rotation function cannot do.
+      "tuf-online-passphrase" = "edgefleet hub: passphrase of the online TUF signing keys"
+      # Tokens are issued by the hub; rotate with fleet tokens create and revoke.
+      "operator-token" = "edgefleet hub: operator API token (value put by the operator, never by terraform)"
+    },
+    # A new CA key means re-issuing every device certificate; a planned procedure, not a timer.
+    local.store_ca ? { "fleet-ca" = "edgefleet fleet CA: private key and certificate (PEM)" } : {},
+  )
 }
 
-resource "aws_kms_key" "secrets" {
-  description         = "${var.name} secrets"
-  enable_key_rotation = true
-  policy              = data.aws_iam_policy_document.secrets_key.json
-  tags                = local.tags
-}
+module "secrets_key" {
+  source = "../kms_key"
 
-data "aws_iam_policy_document" "secrets_key" {
-  # checkov:skip=CKV_AWS_111:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_356:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_109:a key policy's "*" resource is this key alone
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:${local.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
+  description = "${var.name} secrets"
+  tags        = local.tags
 }
 
 # URL-unreserved specials only: the password goes into EDGEFLEET_DATABASE_URL without escaping,
@@ -52,58 +48,31 @@ resource "random_password" "tuf_online" {
   special = false
 }
 
-resource "aws_secretsmanager_secret" "db_password" {
-  # checkov:skip=CKV2_AWS_57:the hub reads the password at start; rotate with a new apply and a rolling restart (docs/terraform.md)
-  name                    = "${var.name}/db-password"
-  description             = "edgefleet hub: PostgreSQL master password"
-  kms_key_id              = aws_kms_key.secrets.arn
+resource "aws_secretsmanager_secret" "this" {
+  # checkov:skip=CKV2_AWS_57:none of these entries rotates on a timer; local.secrets says why for each
+  for_each = local.secrets
+
+  name                    = "${var.name}/${each.key}"
+  description             = each.value
+  kms_key_id              = module.secrets_key.arn
   recovery_window_in_days = var.recovery_window_days
   tags                    = local.tags
 }
 
 resource "aws_secretsmanager_secret_version" "db_password" {
-  secret_id     = aws_secretsmanager_secret.db_password.id
+  secret_id     = aws_secretsmanager_secret.this["db-password"].id
   secret_string = random_password.db.result
 }
 
-resource "aws_secretsmanager_secret" "tuf_online_passphrase" {
-  # checkov:skip=CKV2_AWS_57:a new passphrase must re-encrypt the online keys (fleet keys), which a rotation function cannot do
-  name                    = "${var.name}/tuf-online-passphrase"
-  description             = "edgefleet hub: passphrase of the online TUF signing keys"
-  kms_key_id              = aws_kms_key.secrets.arn
-  recovery_window_in_days = var.recovery_window_days
-  tags                    = local.tags
-}
-
 resource "aws_secretsmanager_secret_version" "tuf_online_passphrase" {
-  secret_id     = aws_secretsmanager_secret.tuf_online_passphrase.id
+  secret_id     = aws_secretsmanager_secret.this["tuf-online-passphrase"].id
   secret_string = random_password.tuf_online.result
-}
-
-resource "aws_secretsmanager_secret" "operator_token" {
-  # checkov:skip=CKV2_AWS_57:tokens are issued by the hub; rotate with fleet tokens create and revoke
-  name                    = "${var.name}/operator-token"
-  description             = "edgefleet hub: operator API token (value put by the operator, never by terraform)"
-  kms_key_id              = aws_kms_key.secrets.arn
-  recovery_window_in_days = var.recovery_window_days
-  tags                    = local.tags
-}
-
-resource "aws_secretsmanager_secret" "fleet_ca_key" {
-  # checkov:skip=CKV2_AWS_57:a new CA key means re-issuing every device certificate; a planned procedure, not a timer
-  count = local.store_ca ? 1 : 0
-
-  name                    = "${var.name}/fleet-ca"
-  description             = "edgefleet fleet CA: private key and certificate (PEM)"
-  kms_key_id              = aws_kms_key.secrets.arn
-  recovery_window_in_days = var.recovery_window_days
-  tags                    = local.tags
 }
 
 resource "aws_secretsmanager_secret_version" "fleet_ca_key" {
   count = local.store_ca ? 1 : 0
 
-  secret_id = aws_secretsmanager_secret.fleet_ca_key[0].id
+  secret_id = aws_secretsmanager_secret.this["fleet-ca"].id
   secret_string = jsonencode({
     "ca.key" = var.fleet_ca_key_pem
     "ca.crt" = var.fleet_ca_cert_pem
@@ -120,22 +89,15 @@ resource "aws_secretsmanager_secret_version" "fleet_ca_key" {
 # For the hub's IRSA role, when a secrets-store CSI driver mounts these instead of a Kubernetes Secret.
 data "aws_iam_policy_document" "read" {
   statement {
-    sid     = "ReadHubSecrets"
-    actions = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
-    resources = concat(
-      [
-        aws_secretsmanager_secret.db_password.arn,
-        aws_secretsmanager_secret.tuf_online_passphrase.arn,
-        aws_secretsmanager_secret.operator_token.arn,
-      ],
-      aws_secretsmanager_secret.fleet_ca_key[*].arn,
-    )
+    sid       = "ReadHubSecrets"
+    actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+    resources = [for secret in aws_secretsmanager_secret.this : secret.arn]
   }
 
   statement {
     sid       = "DecryptHubSecrets"
     actions   = ["kms:Decrypt"]
-    resources = [aws_kms_key.secrets.arn]
+    resources = [module.secrets_key.arn]
   }
 }
 

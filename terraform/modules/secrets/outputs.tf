@@ -12,25 +12,25 @@ output "tuf_online_passphrase" {
 
 output "db_password_secret_arn" {
   description = "Secrets Manager ARN of the database password."
-  value       = aws_secretsmanager_secret.db_password.arn
+  value       = aws_secretsmanager_secret.this["db-password"].arn
   sensitive   = true
 }
 
 output "tuf_online_passphrase_secret_arn" {
   description = "Secrets Manager ARN of the online keys' passphrase."
-  value       = aws_secretsmanager_secret.tuf_online_passphrase.arn
+  value       = aws_secretsmanager_secret.this["tuf-online-passphrase"].arn
   sensitive   = true
 }
 
 output "operator_token_secret_arn" {
   description = "Secrets Manager ARN of the operator token slot (put its value with aws secretsmanager put-secret-value)."
-  value       = aws_secretsmanager_secret.operator_token.arn
+  value       = aws_secretsmanager_secret.this["operator-token"].arn
   sensitive   = true
 }
 
 output "fleet_ca_secret_arn" {
   description = "Secrets Manager ARN of the fleet CA (ca.key, ca.crt as JSON); null when no CA key was given. The key itself is never output."
-  value       = local.store_ca ? aws_secretsmanager_secret.fleet_ca_key[0].arn : null
+  value       = local.store_ca ? aws_secretsmanager_secret.this["fleet-ca"].arn : null
   sensitive   = true
 }
 

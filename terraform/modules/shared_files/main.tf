@@ -2,39 +2,21 @@
 # repository's online signing keys (EDGEFLEET_TUF_KEYS_DIR). Replicas rotate and read the same
 # keys, so each one's own disk would not do; the database holds everything else.
 
-data "aws_caller_identity" "current" {}
-data "aws_partition" "current" {}
-
 locals {
   tags = merge(var.tags, { "edgefleet/module" = "shared_files" })
 }
 
-resource "aws_kms_key" "files" {
-  description         = "${var.name} shared files"
-  enable_key_rotation = true
-  policy              = data.aws_iam_policy_document.files_key.json
-  tags                = local.tags
-}
+module "files_key" {
+  source = "../kms_key"
 
-data "aws_iam_policy_document" "files_key" {
-  # checkov:skip=CKV_AWS_111:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_356:a key policy's "*" resource is this key alone
-  # checkov:skip=CKV_AWS_109:a key policy's "*" resource is this key alone
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
+  description = "${var.name} shared files"
+  tags        = local.tags
 }
 
 resource "aws_efs_file_system" "this" {
   creation_token   = "${var.name}-shared"
   encrypted        = true
-  kms_key_id       = aws_kms_key.files.arn
+  kms_key_id       = module.files_key.arn
   performance_mode = "generalPurpose"
   throughput_mode  = "elastic"
   tags             = merge(local.tags, { Name = "${var.name}-shared" })

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +15,15 @@ from edge_agent.config import TrialConfig
 from edge_agent.sim import Fleet, device_ids
 from edge_agent.trust.config import TrustConfig
 from tests.integration.cloud.hub_process import running_hub
+from tests.integration.cloud.mqtt_probe import wait_for
 from tests.unit.agent.fakes import linear_model
 
 pytestmark = pytest.mark.integration
 
 DEVICES = 200
 TIMEOUT_S = 90.0
-
-
-def _until(what: str, probe: Any, timeout: float) -> Any:
-    """Poll the hub's API (its database behind HTTP offers nothing to wait on) until ``probe`` is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.25)  # polling the hub over HTTP: its database offers nothing to wait on
+# Polling the hub over HTTP (its database behind it offers nothing to wait on): a few times a second.
+POLL_S = 0.25
 
 
 def test_two_hundred_light_devices_come_online_take_a_version_and_report(
@@ -78,21 +68,20 @@ def test_two_hundred_light_devices_come_online_take_a_version_and_report(
             run = asyncio.create_task(fleet.run(stop, out=io.StringIO()))
             try:
                 await asyncio.to_thread(
-                    _until, f"{DEVICES} devices online at the hub",
-                    lambda: summary()["by_state"].get("online", 0) == DEVICES, TIMEOUT_S,
-                )  # fmt: skip
+                    wait_for, lambda: summary()["by_state"].get("online", 0) == DEVICES, TIMEOUT_S, POLL_S
+                )
                 api.post(
                     "/api/v1/assignments",
                     json={"model": "light", "version": "1", "devices": device_ids(DEVICES)},
                 ).raise_for_status()
-                await asyncio.to_thread(
-                    _until, f"{DEVICES} devices serving version 1", lambda: serving_v1() == DEVICES, TIMEOUT_S
-                )
+                await asyncio.to_thread(wait_for, lambda: serving_v1() == DEVICES, TIMEOUT_S, POLL_S)
                 last = device_ids(DEVICES)[-1]
                 windows = await asyncio.to_thread(
-                    _until, f"telemetry from {last}",
-                    lambda: api.get(f"/api/v1/devices/{last}/telemetry").raise_for_status().json(), TIMEOUT_S,
-                )  # fmt: skip
+                    wait_for,
+                    lambda: api.get(f"/api/v1/devices/{last}/telemetry").raise_for_status().json(),
+                    TIMEOUT_S,
+                    POLL_S,
+                )
                 assert windows
             finally:
                 stop.set()

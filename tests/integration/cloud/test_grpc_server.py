@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
 from collections.abc import Iterator
 
 import grpc
+import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cloud.artifacts import ArtifactStore
 from cloud.errors import NotFoundError
+from cloud.settings import Settings
 from cloud.transport.grpc_server import (
     DEFAULT_CHUNK,
+    DEFAULT_MAX_ACTIVE_DOWNLOADS,
+    DEFAULT_MAX_PENDING_CALLS,
     MAX_CHUNK,
     SERVICE_NAME,
     GrpcServerError,
+    ServerLimits,
     start_grpc_server,
 )
 from edgefleet_proto.v1 import artifact_pb2, artifact_pb2_grpc
@@ -139,6 +145,102 @@ def test_many_downloads_stream_at_once(store: ArtifactStore, served: tuple[str, 
             assert {c.offset for c in firsts} == {0} and {len(c.data) for c in firsts} == {MAX_CHUNK}
             for first, stream in zip(firsts, streams, strict=True):
                 assert first.data + b"".join(c.data for c in stream) == DATA
+    finally:
+        server.stop().wait(5)
+
+
+async def _burst(port: int, sha: str, calls: int) -> tuple[int, dict[str, int]]:
+    """``calls`` Fetches sent at once over one connection: (how many got every byte, failures by code)."""
+    failures: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = artifact_pb2_grpc.ArtifactServiceStub(ch)
+        request = artifact_pb2.FetchRequest(sha256=sha)
+
+        async def one() -> bool:
+            try:
+                chunks = [c async for c in stub.Fetch(request, timeout=120)]
+            except grpc.aio.AioRpcError as e:
+                failures[e.code().name] = failures.get(e.code().name, 0) + 1
+                return False
+            return b"".join(c.data for c in chunks) == SMALL
+
+        done = await asyncio.gather(*(one() for _ in range(calls)))
+    return sum(done), failures
+
+
+SMALL = os.urandom(64 * 1024)
+BURST = 3000
+
+
+def test_a_rollout_burst_of_downloads_is_served_not_cancelled(store: ArtifactStore) -> None:
+    # A stage that offers thousands of devices at once sends their Fetches together. gRPC's
+    # default limit on calls waiting for the server's loop (1,000, hard 3,000) cancelled a
+    # quarter of such a burst; every one of them must be served.
+    sha = store.put_bytes(SMALL).sha256
+    # Every one of them may stream at once: the limit on active downloads is tested on its own.
+    limits = ServerLimits(max_active_downloads=BURST)
+    server, port = start_grpc_server(store, {sha}.__contains__, port=0, limits=limits)
+    try:
+        served, failures = asyncio.run(_burst(port, sha, BURST))
+    finally:
+        server.stop().wait(5)
+    assert failures == {} and served == BURST
+
+
+def test_calls_past_the_pending_limit_are_cancelled(store: ArtifactStore) -> None:
+    # The limit is the operator's (EDGEFLEET_GRPC_MAX_PENDING_CALLS): past it calls end CANCELLED,
+    # which devices retry after a back-off, and the calls within it are still served whole.
+    sha = store.put_bytes(SMALL).sha256
+    server, port = start_grpc_server(
+        store,
+        {sha}.__contains__,
+        port=0,
+        limits=ServerLimits(max_pending_calls=50, max_active_downloads=BURST),
+    )
+    try:
+        served, failures = asyncio.run(_burst(port, sha, BURST))
+    finally:
+        server.stop().wait(5)
+    assert set(failures) == {"CANCELLED"}
+    assert served + failures["CANCELLED"] == BURST and served >= 50
+
+
+@pytest.mark.parametrize("name", ["max_pending_calls", "max_active_downloads"])
+def test_limits_must_be_positive(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name}: expected at least 1, got 0"):
+        ServerLimits(**{name: 0})
+
+
+def test_the_hub_settings_default_to_the_servers_limits() -> None:
+    settings = Settings()
+    assert settings.grpc_max_pending_calls == DEFAULT_MAX_PENDING_CALLS
+    assert settings.grpc_max_active_downloads == DEFAULT_MAX_ACTIVE_DOWNLOADS
+
+
+def test_downloads_past_the_active_limit_are_told_the_hub_is_busy(
+    store: ArtifactStore, served: tuple[str, str]
+) -> None:
+    # Two streams held open unread; a third is refused at once, saying why and what to do, and once
+    # one of the two ends a new one is served.
+    server, port = start_grpc_server(
+        store, {served[0]}.__contains__, port=0, limits=ServerLimits(max_active_downloads=2)
+    )
+    options = [("grpc.http2.bdp_probe", 0)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as ch:
+            stub = artifact_pb2_grpc.ArtifactServiceStub(ch)
+            request = artifact_pb2.FetchRequest(sha256=served[0], chunk_size=MAX_CHUNK)
+            held = [stub.Fetch(request, timeout=30) for _ in range(2)]
+            firsts = [next(iter(s)) for s in held]  # both admitted and streaming
+            with pytest.raises(grpc.RpcError) as info:
+                _fetch(stub, served[0])
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = info.value.details() or ""
+            assert "hub busy: 2 downloads in progress" in details
+            assert "EDGEFLEET_GRPC_MAX_ACTIVE_DOWNLOADS" in details
+            assert firsts[0].data + b"".join(c.data for c in held[0]) == DATA
+            assert b"".join(c.data for c in _fetch(stub, served[0])) == DATA
+            held[1].cancel()
     finally:
         server.stop().wait(5)
 

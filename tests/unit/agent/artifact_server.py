@@ -27,6 +27,8 @@ class DictArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
     # Paces every stream (a slow link), so that a test can catch a download half way.
     chunk_delay_s: float = 0.0
     requests: list[artifact_pb2.FetchRequest] = field(default_factory=list)
+    # Fetches answered "hub busy" (RESOURCE_EXHAUSTED, as the hub past its active downloads) first.
+    busy_first: int = 0
 
     def add(self, data: bytes, *, sha256: str | None = None) -> str:
         key = sha256 or hashlib.sha256(data).hexdigest()
@@ -44,6 +46,8 @@ class DictArtifactService(artifact_pb2_grpc.ArtifactServiceServicer):
         self, request: artifact_pb2.FetchRequest, context: Any
     ) -> AsyncIterator[artifact_pb2.ArtifactChunk]:
         self.requests.append(request)
+        if len(self.requests) <= self.busy_first:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "hub busy: 1 downloads in progress")
         data = self.blobs.get(request.sha256)
         if data is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no artifact {request.sha256}")

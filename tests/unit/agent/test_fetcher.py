@@ -19,6 +19,7 @@ from edge_agent.errors import (
 )
 from edge_agent.fetcher import ChannelPool, GrpcFetcher, write_chunks_from
 from edgefleet_proto.v1 import common_pb2
+from tests.loop_turns import scheduled_callbacks_ran
 from tests.unit.agent.artifact_server import DictArtifactService, start_artifact_server
 from tests.unit.agent.fakes import ref_for
 
@@ -105,6 +106,34 @@ def test_a_stalled_stream_fails_after_the_chunk_timeout(tmp_path: Path) -> None:
             await drain(fetcher, REF, tmp_path / "a.part")
 
     run(with_hub(service, body, chunk_timeout_s=0.2))
+
+
+def test_a_busy_hub_is_asked_again_after_a_pause_without_a_failure(tmp_path: Path) -> None:
+    service = DictArtifactService(busy_first=2)
+    service.add(DATA)
+
+    async def body(fetcher: GrpcFetcher, _: str) -> None:
+        progress = await drain(fetcher, REF, tmp_path / "a.part")
+        assert progress[-1] == len(DATA)
+        assert (tmp_path / "a.part").read_bytes() == DATA
+        assert [r.offset for r in service.requests] == [0, 0, 0]
+
+    run(with_hub(service, body, busy_retry_s=(0.01, 0.02)))
+
+
+def test_a_hub_that_stays_busy_fails_the_download_as_unavailable(tmp_path: Path) -> None:
+    service = DictArtifactService(busy_first=1_000)
+    service.add(DATA)
+
+    async def body(fetcher: GrpcFetcher, endpoint: str) -> None:
+        with pytest.raises(
+            HubUnavailableError, match=f"hub {endpoint} stayed busy for 0 s at byte 0"
+        ) as info:
+            await drain(fetcher, REF, tmp_path / "a.part")
+        assert "hub busy: 1 downloads in progress" in str(info.value)
+        assert len(service.requests) >= 2
+
+    run(with_hub(service, body, busy_retry_s=(0.01, 0.02), busy_wait_max_s=0.05))
 
 
 def test_an_unknown_artifact_is_not_found(tmp_path: Path) -> None:
@@ -195,3 +224,69 @@ def test_chunk_checks(
                 pass
 
     run(scenario())
+
+
+def test_the_partial_file_is_opened_at_the_first_byte_and_cut_back_at_once(tmp_path: Path) -> None:
+    # A device waiting on a busy hub holds no file: a fleet simulated in one process ran out of
+    # open files with thousands of downloads waiting for their first chunk. A partial longer than
+    # the offset asked for is still cut back before anything arrives.
+    ref = ref_for(b"abcdef")
+    fresh, longer = tmp_path / "fresh.part", tmp_path / "longer.part"
+    longer.write_bytes(b"abXYZ")
+    go = asyncio.Event()
+    asked = {0: asyncio.Event(), 2: asyncio.Event()}
+
+    async def source(start: int) -> Any:
+        asked[start].set()  # the writer waits for its first chunk from here on
+        await go.wait()
+        yield start, b"abcdef"[start:]
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(anext(write_chunks_from(source(0), ref, fresh, 0, 1 << 20)))
+        second = asyncio.ensure_future(anext(write_chunks_from(source(2), ref, longer, 2, 1 << 20)))
+        await asyncio.wait_for(asyncio.gather(asked[0].wait(), asked[2].wait()), 5)
+        assert not fresh.exists()
+        assert longer.read_bytes() == b"ab"
+        go.set()
+        assert await first == 6 and await second == 6
+        assert fresh.read_bytes() == longer.read_bytes() == b"abcdef"
+
+    run(scenario())
+
+
+def test_a_stream_that_ends_before_a_byte_leaves_the_partial_at_its_offset(tmp_path: Path) -> None:
+    ref = ref_for(b"abcdef")
+    dest = tmp_path / "p.part"
+
+    async def nothing() -> Any:
+        return
+        yield
+
+    async def scenario() -> None:
+        with pytest.raises(DownloadIncompleteError, match="stream ended at 0 of 6 bytes"):
+            async for _ in write_chunks_from(nothing(), ref, dest, 0, 1 << 20):
+                pass
+
+    run(scenario())
+    assert dest.exists() and dest.read_bytes() == b""
+
+
+def test_devices_sharing_download_slots_take_turns(tmp_path: Path) -> None:
+    # A simulated fleet bounds the downloads its one event loop streams at once (edge_agent.sim);
+    # a device waiting for a place has not asked the hub yet.
+    service = DictArtifactService()
+    service.add(DATA)
+    slots = asyncio.Semaphore(1)
+
+    async def body(fetcher: GrpcFetcher, _: str) -> None:
+        first = fetcher.fetch(REF, tmp_path / "a.part", 0)
+        assert await anext(first) == 64  # streaming, holding the one place
+        second = asyncio.ensure_future(drain(fetcher, REF, tmp_path / "b.part"))
+        await scheduled_callbacks_ran()
+        assert not second.done() and len(service.requests) == 1
+        assert [held async for held in first][-1] == len(DATA)
+        assert (await asyncio.wait_for(second, 10))[-1] == len(DATA)
+        assert len(service.requests) == 2
+        assert (tmp_path / "b.part").read_bytes() == DATA
+
+    run(with_hub(service, body, slots=slots))

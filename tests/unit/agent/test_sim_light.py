@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,27 @@ def test_light_devices_keep_their_outbox_in_memory_and_a_longer_keepalive(tmp_pa
     assert full.agents[0].config.queue.path is not None
     assert light.agents[0].config.mqtt.keepalive_s == LIGHT_KEEPALIVE_S
     assert full.agents[0].config.mqtt.keepalive_s < LIGHT_KEEPALIVE_S
+
+
+def test_light_devices_save_their_state_without_fsync_and_full_ones_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    light = Fleet(1, tmp_path / "light", "f", light=True, trust=UNSIGNED, local_api_devices=0)
+    full = Fleet(1, tmp_path / "full", "f", light=False, trust=UNSIGNED, local_api_devices=0)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    light.agents[0].state.update(applied_generation=7)
+    assert synced == []
+    saved = json.loads((light.agents[0].config.state_dir / "state.json").read_text(encoding="utf-8"))
+    assert saved["applied_generation"] == 7
+    full.agents[0].state.update(applied_generation=7)
+    assert len(synced) == 2  # the file, then its folder
 
 
 class CountingRegistry(RuntimeRegistry):

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.trust.errors import MetadataDownloadError
 from edge_agent.update_machine import UpdateState
-from edgefleet_proto.v1 import common_pb2, event_pb2
+from edge_agent.verify import PinnedDigestVerifier
+from edgefleet_proto.v1 import common_pb2, desired_pb2, event_pb2
 from tests.unit.agent.fakes import linear_model, ref_for
 from tests.unit.agent.harness import REF1, REF2, V2, Harness, desired, run
 
@@ -372,5 +374,55 @@ def test_the_applied_generation_is_applied_again_when_its_model_does_not_serve(t
             await h.serving.wait_for(REF2.sha256, timeout=5)
         finally:
             loop.cancel()
+
+    run(scenario())
+
+
+class _MetadataOnceUnreachable:
+    """The signed-update verifier's failure when the hub delivers no metadata, once; then the digest check.
+
+    A unit-test stand-in for edge_agent.trust's verifier: what matters here is how the updater
+    reports an error of that kind, not how TUF produces it (tests/integration/trust does that).
+    """
+
+    name = "sha256+tuf"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def verify(self, path: Path, ref: common_pb2.ModelRef, desired: desired_pb2.DesiredState) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise MetadataDownloadError(
+                "cannot fetch repository metadata (hub 127.0.0.1:1 failed: CANCELLED)"
+            )
+        PinnedDigestVerifier().verify(path, ref, desired)
+
+
+def test_metadata_the_hub_did_not_deliver_is_a_failed_download_and_keeps_the_bytes(tmp_path: Path) -> None:
+    # In a rollout storm the hub may cancel a metadata fetch. Nothing was judged: the hub's
+    # update-failure gate must not count it (it counts install/verify failures), and the
+    # bytes already fetched stay for the retry instead of being fetched again.
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.serve_v1()
+        h.fetcher.add(V2)
+        verifier = _MetadataOnceUnreachable()
+        h.updater.steps.verifier = verifier
+        assert not await h.updater.apply(desired(REF2, 2))
+        assert h.kinds() == [
+            K.EVENT_KIND_DOWNLOAD_STARTED,
+            K.EVENT_KIND_DOWNLOAD_COMPLETED,
+            K.EVENT_KIND_DOWNLOAD_FAILED,
+        ]
+        failed = h.events[-1]
+        assert "cannot fetch repository metadata" in failed.reason
+        assert failed.details == {"offset": len(V2), "check": "metadata_download"}
+        assert h.store.partial_size(REF2.sha256) == len(V2)
+        assert await h.updater.apply(desired(REF2, 2))
+        # The retry starts where the bytes end: a fetcher asks the hub for nothing more.
+        assert [offset for _, offset, _ in h.fetcher.calls] == [0, len(V2)]
+        assert verifier.calls == 2
+        assert h.serving_version() == "2"
 
     run(scenario())

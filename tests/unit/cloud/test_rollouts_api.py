@@ -7,7 +7,9 @@ own behaviour is tested with the engine, these check what the HTTP layer promise
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,6 +239,45 @@ def test_an_operator_action_is_stored_with_actor_and_reason_and_kicks_the_engine
     assert (step["actor"], step["reason"]) == ("t-operator", "wrong build")
     with ctx.sessions() as s:
         assert [t.actor for t in s.exec(select(RolloutTransition)).all()] == ["t-operator"]
+
+
+class WriterAfterCommit:
+    """Stands in for the engine's kick, which the API calls once a change is committed: here another
+    writer takes SQLite's write lock at that moment, as the engine or ingest of a busy hub does."""
+
+    def __init__(self, db_file: Path) -> None:
+        self._db_file = db_file
+        self.conn: sqlite3.Connection | None = None
+
+    def __call__(self) -> None:
+        self.conn = sqlite3.connect(self._db_file, isolation_level=None, check_same_thread=False)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.rollback()
+            self.conn.close()
+            self.conn = None
+
+
+def test_a_committed_create_or_action_answers_while_another_writer_holds_the_lock(
+    ctx: HubContext, client: TestClient, auth: Headers, fleet: list[str], tmp_path: Path
+) -> None:
+    # The answer is read after the commit without the write lock: a create that was stored must
+    # not come back 503 (a client retrying it would meet its own rollout as a 409).
+    writer = WriterAfterCommit(tmp_path / "hub.db")
+    ctx.kick_rollouts = writer
+    try:
+        view = _create(client, auth[Role.OPERATOR])
+        assert view["state"] == "draft" and writer.conn is not None
+    finally:
+        writer.release()
+    try:
+        r = client.post(f"/api/v1/rollouts/{view['id']}/abort", headers=auth[Role.OPERATOR])
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "aborting" and writer.conn is not None
+    finally:
+        writer.release()
 
 
 def test_an_action_the_state_does_not_allow_is_409_listing_the_allowed_ones(
