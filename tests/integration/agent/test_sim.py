@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import json
 from pathlib import Path
@@ -43,8 +42,6 @@ def test_twenty_agents_come_online_report_ready_and_go_offline(
         last = [hub.last_status(d) for d in ids]
         return True if all(s is not None and s.state == state for s in last) else None
 
-    frozen_before = gc.get_freeze_count()
-
     async def scenario() -> None:
         async with Observer(*mqtt_broker, fleet_name) as hub:
             out = LineSink()
@@ -62,7 +59,6 @@ def test_twenty_agents_come_online_report_ready_and_go_offline(
                     telemetry_interval_s=60,
                     stop_event=stop,
                     out=out,
-                    freeze_heap=True,
                 )
             )
             try:
@@ -70,8 +66,6 @@ def test_twenty_agents_come_online_report_ready_and_go_offline(
                 await asyncio.wait_for(out.written.wait(), 20)
                 ready = json.loads(out.getvalue().splitlines()[0])
                 assert ready["event"] == "ready" and ready["devices"] == DEVICES
-                # The fleet's long-lived objects are out of the collector's sight while it runs.
-                assert gc.get_freeze_count() > frozen_before
                 assert sorted(ready["sockets"]) == ids[:2]
                 status = hub.last_status(ids[-1])
                 assert status is not None and dict(status.labels) == {"cohort": "canary"}
@@ -81,7 +75,6 @@ def test_twenty_agents_come_online_report_ready_and_go_offline(
             finally:
                 stop.set()
                 await fleet
-            assert gc.get_freeze_count() == 0  # and back in it once the fleet stopped
             await hub.wait_for(lambda: all_in(OFFLINE, hub), timeout=20)
             assert not (short_tmp / "sim-0001" / "agent.sock").exists()
 
