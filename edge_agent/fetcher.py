@@ -15,7 +15,7 @@ import contextlib
 import os
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -277,6 +277,7 @@ class GrpcFetcher:
         busy_wait_max_s: float = BUSY_WAIT_MAX_S,
         rng: random.Random | None = None,
         slots: asyncio.Semaphore | None = None,
+        pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._channels = channels
         self._endpoint = endpoint
@@ -285,6 +286,8 @@ class GrpcFetcher:
         self._busy_retry_s = busy_retry_s
         self._busy_wait_max_s = busy_wait_max_s
         self._rng = rng
+        # How a pause the busy hub asked for is waited out (a test hands in its own clock).
+        self._pause = pause
         # Shared by the devices of a simulated fleet (edge_agent.sim): a try waits for a place first.
         self._slots = slots
         self._device_id = device_id
@@ -323,7 +326,7 @@ class GrpcFetcher:
                         f"hub {target} stayed busy for {waited:.0f} s at byte {offset} of {ref.sha256}: {e}"
                     ) from None
                 waited += delay
-                await asyncio.sleep(delay)  # the pause the hub asked for, not a wait for an event
+                await self._pause(delay)
 
     async def _fetch_once(
         self, ref: common_pb2.ModelRef, dest_partial: Path, offset: int, target: str

@@ -112,28 +112,42 @@ def test_a_busy_hub_is_asked_again_after_a_pause_without_a_failure(tmp_path: Pat
     service = DictArtifactService(busy_first=2)
     service.add(DATA)
 
+    paused: list[float] = []
+
+    async def pause(seconds: float) -> None:  # the device's clock, advanced by the test
+        paused.append(seconds)
+
     async def body(fetcher: GrpcFetcher, _: str) -> None:
         progress = await drain(fetcher, REF, tmp_path / "a.part")
         assert progress[-1] == len(DATA)
         assert (tmp_path / "a.part").read_bytes() == DATA
         assert [r.offset for r in service.requests] == [0, 0, 0]
+        # Two pauses, jittered into the upper half of a doubling step: [1, 2] s, then [2, 4] s.
+        assert len(paused) == 2 and 1.0 <= paused[0] <= 2.0 and 2.0 <= paused[1] <= 4.0
 
-    run(with_hub(service, body, busy_retry_s=(0.01, 0.02)))
+    run(with_hub(service, body, busy_retry_s=(2.0, 30.0), pause=pause))
 
 
 def test_a_hub_that_stays_busy_fails_the_download_as_unavailable(tmp_path: Path) -> None:
     service = DictArtifactService(busy_first=1_000)
     service.add(DATA)
 
+    paused: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        paused.append(seconds)
+
     async def body(fetcher: GrpcFetcher, endpoint: str) -> None:
         with pytest.raises(
-            HubUnavailableError, match=f"hub {endpoint} stayed busy for 0 s at byte 0"
+            HubUnavailableError, match=rf"hub {endpoint} stayed busy for \d+ s at byte 0"
         ) as info:
             await drain(fetcher, REF, tmp_path / "a.part")
         assert "hub busy: 1 downloads in progress" in str(info.value)
-        assert len(service.requests) >= 2
+        # It gave up before its pauses added up past the limit, each pause at most the longest.
+        assert paused and sum(paused) <= 60.0 and max(paused) <= 30.0
+        assert len(service.requests) == len(paused) + 1
 
-    run(with_hub(service, body, busy_retry_s=(0.01, 0.02), busy_wait_max_s=0.05))
+    run(with_hub(service, body, busy_retry_s=(2.0, 30.0), busy_wait_max_s=60.0, pause=pause))
 
 
 def test_an_unknown_artifact_is_not_found(tmp_path: Path) -> None:
