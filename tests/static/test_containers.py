@@ -414,7 +414,10 @@ def test_checkov_flags_the_careless_files(checkov_run: CheckovRun, careless: dic
     docker_ids = {f.check_id for f in checkov_run.failed["dockerfile"] if f.file == careless["dockerfile"]}
     assert {"CKV_DOCKER_2", "CKV_DOCKER_3", "CKV_DOCKER_4", "CKV_DOCKER_7"} <= docker_ids, docker_ids
     # The secrets scan read the compose files: it found the planted token and nothing of ours.
-    assert checkov_run.files(checkov_run.failed, "secrets") == {careless["compose"]}
+    found = checkov_run.files(checkov_run.failed, "secrets")
+    assert found == {careless["compose"]}, (
+        f"secrets scan found {sorted(map(str, found))}; reports: {sorted(checkov_run.failed)}"
+    )
 
 
 # --- the images themselves, where a Docker daemon answers ----------------------------------------
