@@ -358,7 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "proto")])
     results: dict[str, Any] = {
         "database": "postgresql" if args.database_url else "sqlite",
-        "simulation": f"{LIGHT_NOTE}; each device its own state, trust metadata and MQTT connection",
+        "simulation": f"{LIGHT_NOTE}; each device its own state, director counter and MQTT connection",
         "devices": n,
         "connect_rate": args.connect_rate or "all at once",
         "load_average_start": [round(x, 2) for x in os.getloadavg()],

@@ -51,7 +51,7 @@ from edge_agent.store import ArtifactStore
 from edge_agent.sysinfo import capabilities
 from edge_agent.tasks import cancel_and_wait
 from edge_agent.telemetry import TelemetryRecorder
-from edge_agent.trust.attach import Trust, attach_trust
+from edge_agent.trust.attach import RepositoryFactory, Trust, attach_trust, own_repository
 from edge_agent.trust.commands import check_bare_command
 from edge_agent.trust.errors import CommandRejectedError
 from edge_agent.updater import Updater
@@ -88,6 +88,7 @@ class Agent:
         sync_channels: SyncChannels | None = None,
         durable_state: bool = True,
         download_slots: asyncio.Semaphore | None = None,
+        trust_repository: RepositoryFactory | None = None,
     ) -> None:
         self.config = config
         self._log = device_logger(__name__, config.device_id)
@@ -161,6 +162,7 @@ class Agent:
                 request_restart=self.restart_requested.set,
                 sync_channels=self._sync_channels,
                 agent_version=AGENT_VERSION,
+                repository=trust_repository or own_repository,
                 logger=device_logger("edge_agent.trust", config.device_id),
             )
             decoder, verifier = self.trust.channel, self.trust.verifier

@@ -289,8 +289,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--light",
         action="store_true",
         help="light mode for large fleets: the devices share one onnxruntime session per artifact (by "
-        "sha256), keep their outboxes in memory and ping the broker every 120 s; each keeps its own "
-        "state, trust and connection",
+        "sha256) and one signed-update metadata client per trusted root, keep their outboxes in memory "
+        "and ping the broker every 120 s; each keeps its own state, director counter and connection",
     )
     sim.add_argument(
         "--connect-rate",

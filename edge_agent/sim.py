@@ -45,6 +45,7 @@ from edge_agent.sim_labels import LabelMix
 from edge_agent.sim_light import SessionCache, SharedRuntimes, open_files_per_device
 from edge_agent.sim_mix import DeviceKind
 from edge_agent.sim_traffic import TrafficPlan, TrafficRunner
+from edge_agent.sim_trust import LIGHT_TRUST_DIR, SharedTrust
 from edge_agent.tasks import cancel_and_wait
 from edge_agent.trust.config import FirmwareConfig, TrustConfig
 
@@ -160,6 +161,8 @@ class Fleet:
         self._shared: dict[int, SharedRuntimes] = {}
         # Light mode: one session per artifact for the whole fleet (edge_agent.sim_light).
         self.sessions: SessionCache | None = SessionCache() if light else None
+        # Light mode: one TUF client per trusted root and hub for the whole fleet (edge_agent.sim_trust).
+        self.trust: SharedTrust | None = SharedTrust(base_dir / LIGHT_TRUST_DIR) if light else None
         # When each device first connects, seconds after run() starts (all 0: at once).
         rng = random.Random(f"{seed}:connect")
         self.start_delays = (
@@ -198,11 +201,7 @@ class Fleet:
                     ),
                     light,
                 ),
-                channels=self.channels,
-                sync_channels=self.sync_channels,
-                runtimes=self._runtimes(index),
-                download_slots=self.download_slots,
-                durable_state=not light,
+                **self._shared_parts(index),
             )
             for index, device_id in enumerate(ids)
         ]
@@ -213,6 +212,17 @@ class Fleet:
             self.traffic = TrafficRunner(traffic, targets, device_labels)
             for rule in self.traffic.unmatched_shifts():
                 log.warning("--shift %s selects none of the %d devices", rule.describe(), n)
+
+    def _shared_parts(self, index: int) -> dict[str, Any]:
+        """What device ``index`` takes from the fleet rather than builds for itself."""
+        return {
+            "channels": self.channels,
+            "sync_channels": self.sync_channels,
+            "runtimes": self._runtimes(index),
+            "download_slots": self.download_slots,
+            "durable_state": not self.light,
+            "trust_repository": self.trust.repository if self.trust is not None else None,
+        }
 
     def _agent(self, index: int) -> Agent:
         return self.agents[index]
@@ -348,14 +358,7 @@ class Fleet:
             if stop.is_set() or not agent.restart_requested.is_set():
                 return
             # What a device's service manager does: the same config and state folder, a fresh process.
-            restarted = Agent(
-                agent.config,
-                channels=self.channels,
-                sync_channels=self.sync_channels,
-                runtimes=self._runtimes(index),
-                download_slots=self.download_slots,
-                durable_state=not self.light,
-            )
+            restarted = Agent(agent.config, **self._shared_parts(index))
             restarted.ready.set()  # it was ready once; the ready line is not printed again
             self.agents[index] = restarted
 

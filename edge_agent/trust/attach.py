@@ -31,7 +31,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError
 from edge_agent.fetcher import Fetcher, SyncChannels
 from edge_agent.logs import Log
-from edge_agent.trust.channel import SignedUpdateChannel
+from edge_agent.trust.channel import Repository, SignedUpdateChannel
 from edge_agent.trust.commands import CommandChannel, CommandSeqFile
 from edge_agent.trust.errors import NotProvisionedError, TrustError
 from edge_agent.trust.lazy import LazyRepository
@@ -44,10 +44,20 @@ if TYPE_CHECKING:
     from edge_agent.firmware.manager import FirmwareReporter
     from edge_agent.firmware.service import FirmwareService
 
-__all__ = ["Trust", "TrustVerifier", "attach_trust", "trust_dir"]
+__all__ = ["RepositoryFactory", "Trust", "TrustVerifier", "attach_trust", "trust_dir"]
 
 log = logging.getLogger(__name__)
 K = event_pb2.EventKind
+
+# What builds a device's repository: (its trust folder, its config, the blocking channels, its clock).
+RepositoryFactory = Callable[[Path, AgentConfig, SyncChannels, Callable[[], datetime]], Repository]
+
+
+def own_repository(
+    folder: Path, config: AgentConfig, channels: SyncChannels, now: Callable[[], datetime]
+) -> Repository:
+    """A device's own repository, built on its first check (a real device's, always)."""
+    return LazyRepository(folder, config=config, channels=channels, now=now)
 
 
 def trust_dir(config: AgentConfig) -> Path:
@@ -153,9 +163,14 @@ def attach_trust(
     request_restart: Callable[[], None],
     sync_channels: SyncChannels,
     agent_version: str,
+    repository: RepositoryFactory = own_repository,
     logger: Log = log,
 ) -> Trust:
-    """The signed-update channel (and firmware service) of one agent, from its config."""
+    """The signed-update channel (and firmware service) of one agent, from its config.
+
+    ``repository`` builds the signed repository it checks against: the device's own unless the
+    light simulator shares one between its devices (:mod:`edge_agent.sim_trust`).
+    """
     folder = trust_dir(config)
     t = config.trust
     if not (folder / "root.json").is_file():
@@ -171,9 +186,9 @@ def attach_trust(
             except OSError as e:
                 raise NotProvisionedError(f"trust.root_file: cannot read {t.root_file}: {e.strerror}") from e
             logger.info("installed trusted root v%d from %s", version, t.root_file)
-    repository = LazyRepository(folder, config=config, channels=sync_channels, now=lambda: _utc(clock))
+    repo = repository(folder, config, sync_channels, lambda: _utc(clock))
     channel = SignedUpdateChannel(
-        repository,
+        repo,
         TrustStateFile(folder / "state.json"),
         device_id=config.device_id,
         fleet=config.fleet,
@@ -182,7 +197,7 @@ def attach_trust(
         logger=logger,
     )
     commands = CommandChannel(
-        repository.director_keys,
+        repo.director_keys,
         CommandSeqFile(folder / "commands.json"),
         device_id=config.device_id,
         fleet=config.fleet,
