@@ -62,6 +62,9 @@ class MqttConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive_s: int = 30
+    # How long a publish (or subscribe) waits for the broker's acknowledgement before the link is
+    # taken for down and reconnected.
+    ack_timeout_s: float = 10.0
     topic_prefix: str = DEFAULT_PREFIX
     # Empty: "{fleet}.{device_id}", unique on a broker that several fleets share.
     client_id: str = ""
@@ -73,6 +76,8 @@ class MqttConfig:
             raise ConfigError(f"mqtt.protocol: expected one of {list(_PROTOCOLS)}, got {self.protocol!r}")
         if self.keepalive_s < 5:
             raise ConfigError(f"mqtt.keepalive_s: expected at least 5 seconds, got {self.keepalive_s}")
+        if not 1 <= self.ack_timeout_s <= 600:
+            raise ConfigError(f"mqtt.ack_timeout_s: expected 1 to 600 seconds, got {self.ack_timeout_s}")
         try:
             validate_prefix(self.topic_prefix)
         except TopicError as e:
@@ -562,6 +567,7 @@ def config_from_mapping(data: Mapping[str, Any], *, base_dir: Path) -> AgentConf
         cert_file=m.path("cert_file"),
         key_file=m.path("key_file"),
         keepalive_s=m.int_("keepalive_s", 30),
+        ack_timeout_s=m.float_("ack_timeout_s", 10.0),
         topic_prefix=m.str_("topic_prefix", DEFAULT_PREFIX),
         client_id=m.str_("client_id", ""),
     )

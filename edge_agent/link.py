@@ -58,7 +58,6 @@ class MqttLink:
         handler: LinkHandler,
         outbox: Outbox,
         backoff: Backoff,
-        publish_timeout_s: float = 10.0,
         drain_timeout_s: float = 2.0,
         logger: Log = log,
     ) -> None:
@@ -69,7 +68,7 @@ class MqttLink:
         self._handler = handler
         self._outbox = outbox
         self._backoff = backoff
-        self._publish_timeout = publish_timeout_s
+        self._publish_timeout = config.ack_timeout_s
         self._drain_timeout = drain_timeout_s
         self._status_dirty = False
         self._resubscribe = False

@@ -110,10 +110,14 @@ def _lighten(config: AgentConfig, light: bool) -> AgentConfig:
     """In light mode, a keepalive of LIGHT_KEEPALIVE_S: a device pings the broker when it has sent
     nothing for that long, and 2,000 devices on one event loop, busy with a rollout, went more than
     1.5 x 30 s without a turn (bench/scale.py); the broker then dropped every one of them,
-    and their last wills told the hub they were offline. A real device has its own CPU."""
+    and their last wills told the hub they were offline. The same for acknowledgements: 10,000
+    devices taking a rollout at once queue their events faster than the one loop reads the
+    broker's PUBACKs, and with the 10 s default more than half of them took their links for down
+    and reconnected together, which starved the loop further. A real device has its own CPU."""
     if not light:
         return config
-    return dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, keepalive_s=LIGHT_KEEPALIVE_S))
+    mqtt = dataclasses.replace(config.mqtt, keepalive_s=LIGHT_KEEPALIVE_S, ack_timeout_s=LIGHT_KEEPALIVE_S)
+    return dataclasses.replace(config, mqtt=mqtt)
 
 
 class Fleet:

@@ -22,7 +22,8 @@ why it is sound:
   only a power cut of the simulating machine may lose the last one.
 - **the MQTT keepalive** is the shipped broker's longest (120 s, set in :mod:`edge_agent.sim`):
   ten thousand devices on one event loop, busy with a rollout, can go longer than 1.5 x 30 s
-  without a turn to ping, and the broker would drop them all. A real device has its own CPU.
+  without a turn to ping, and the broker would drop them all. A publish waits as long for its
+  acknowledgement (``mqtt.ack_timeout_s``), for the same reason. A real device has its own CPU.
 - **the signed-update repository** (TUF metadata), one client per trusted root and hub, refreshed
   for devices that ask together at once (:mod:`edge_agent.sim_trust`): a device still gets
   metadata refreshed after it asked, checks the director's signature and counter on its
@@ -50,7 +51,7 @@ __all__ = ["LIGHT_NOTE", "SHARED_FORMATS", "SessionCache", "SharedRuntimes", "op
 LIGHT_NOTE = (
     "light: one onnxruntime session per artifact (by sha256) shared by the devices; one TUF metadata "
     "client per trusted root and hub, refreshes shared by devices asking together; outbox in memory; "
-    "state files not fsynced; keepalive 120 s"
+    "state files not fsynced; keepalive and acknowledgement timeout 120 s"
 )
 # Formats whose loaded runtime is safe to share between devices (stateless, thread-safe run).
 SHARED_FORMATS = frozenset({"onnx"})

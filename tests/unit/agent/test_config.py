@@ -65,6 +65,7 @@ def test_example_config_sets_a_trial_a_queue_and_metrics() -> None:
     assert cfg.trial.mode == "serve" and cfg.trial.window_requests == 200
     assert cfg.queue.path == Path("/var/lib/edgefleet/queue.sqlite") and cfg.queue.sync == "normal"
     assert cfg.metrics.port == 9464
+    assert cfg.mqtt.ack_timeout_s == 10.0
 
 
 def test_example_config_copied_as_is_runs_no_firmware_slots() -> None:
@@ -114,6 +115,7 @@ def test_empty_socket_disables_the_unix_listener(tmp_path: Path) -> None:
         ("[metrics]\nport = 70000\n", "metrics.port: expected a port in 1..65535, got 70000"),
         ("[limits]\nmin_free_disk_bytes = -1\n", "limits.min_free_disk_bytes: expected >= 0, got -1"),
         ("mqtt = 1\n", "mqtt: expected a table, got int 1"),
+        ("[mqtt]\nack_timeout_s = 0.5\n", "mqtt.ack_timeout_s: expected 1 to 600 seconds, got 0.5"),
     ],
 )
 def test_bad_values_name_the_key_the_expected_type_and_what_came(

@@ -83,13 +83,19 @@ def test_the_full_mode_shares_no_session(tmp_path: Path) -> None:
     assert a is not b
 
 
-def test_light_devices_keep_their_outbox_in_memory_and_a_longer_keepalive(tmp_path: Path) -> None:
+def test_light_devices_keep_their_outbox_in_memory_and_a_longer_keepalive_and_ack_timeout(
+    tmp_path: Path,
+) -> None:
     light = Fleet(1, tmp_path / "light", "f", light=True, trust=UNSIGNED, local_api_devices=0)
     full = Fleet(1, tmp_path / "full", "f", light=False, trust=UNSIGNED, local_api_devices=0)
     assert light.agents[0].config.queue.path is None
     assert full.agents[0].config.queue.path is not None
     assert light.agents[0].config.mqtt.keepalive_s == LIGHT_KEEPALIVE_S
     assert full.agents[0].config.mqtt.keepalive_s < LIGHT_KEEPALIVE_S
+    # A light device waits as long for the broker's acknowledgements before it takes its link for down.
+    assert light.agents[0].config.mqtt.ack_timeout_s == LIGHT_KEEPALIVE_S
+    assert light.agents[0].link._publish_timeout == LIGHT_KEEPALIVE_S
+    assert full.agents[0].config.mqtt.ack_timeout_s == 10.0
 
 
 def test_light_devices_save_their_state_without_fsync_and_full_ones_with_it(
