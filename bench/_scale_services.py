@@ -249,6 +249,33 @@ class FleetProc:
         self.err.close()
 
 
+class FleetGroup:
+    """One fleet simulated by several ``FleetProc``s, each a range of its devices (``--first-device``),
+    so that the simulator uses more than one core: its devices share one event loop per process."""
+
+    def __init__(self, procs: Sequence[FleetProc]) -> None:
+        if not procs:
+            raise ValueError("a fleet group needs at least one process")
+        self.procs = list(procs)
+        self.started = min(p.started for p in self.procs)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.proc.pid for p in self.procs]
+
+    def wait_ready(self) -> float:
+        """Seconds from the first process's start until the last one said every device is connected."""
+        return max(p.started + p.wait_ready() for p in self.procs) - self.started
+
+    def stop(self) -> None:
+        # All asked at once, so that they flush their last windows side by side.
+        for p in self.procs:
+            if p.proc.poll() is None:
+                p.proc.terminate()
+        for p in self.procs:
+            p.stop()
+
+
 class BirthWatch:
     """When the fleet's devices announce themselves ONLINE (their retained births), read from the broker:
     the first one marks the start of the connect, independent of how long the simulator took to build

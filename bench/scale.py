@@ -4,9 +4,11 @@
 
 Starts a private Mosquitto (the queue and size settings of deploy/mosquitto/edgefleet.conf, plain
 TCP, ``max_connections -1``, open files up to the hard limit), a hub (`fleet hub`, SQLite in the
-work folder unless --database-url), and N devices in one process (`edgefleet-agent simulate --light`:
-one onnxruntime session per artifact shared by the devices, each with its own state, signed-update
-trust and MQTT connection; see edge_agent/sim_light.py). Then:
+work folder unless --database-url), and N devices (`edgefleet-agent simulate --light`: one onnxruntime
+session and one TUF metadata client per process shared by its devices, each with its own state,
+director counter and MQTT connection; see edge_agent/sim_light.py), in one process per 5,000
+devices, at most one per core (--fleet-processes), since a process runs its devices on one event
+loop. Then:
 
 1. connect: every device connects at once (--connect-rate 0, the reconnect storm) or spread out;
    measured from the first device's ONLINE status on the broker (the simulator first builds its
@@ -35,6 +37,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -56,6 +59,7 @@ from bench._scale_bare import bare_rate  # noqa: E402
 from bench._scale_services import (  # noqa: E402
     BirthWatch,
     BrokerCounters,
+    FleetGroup,
     FleetProc,
     PrivateMosquitto,
     open_file_limit,
@@ -75,6 +79,8 @@ TARGET_ONLINE_S = 60.0
 TARGET_RSS_PER_DEVICE_KIB = 2.0
 TARGET_SOAK_LOST = 0
 TARGET_SOAK_RSS_RATIO = 1.05
+# A simulator process runs its devices on one event loop (one core); past this many, add a process.
+DEVICES_PER_PROCESS = 5_000
 RECEIVED = "$SYS/broker/publish/messages/received"
 DAY_S = 86_400
 
@@ -178,8 +184,35 @@ def _fleet_argv(
     ]  # fmt: skip
 
 
+def fleet_processes(args: argparse.Namespace) -> int:
+    """--fleet-processes, or when 0 one process per 5,000 devices, at most one per core."""
+    if args.fleet_processes:
+        return int(min(args.fleet_processes, args.devices))
+    return max(1, min(os.cpu_count() or 1, math.ceil(args.devices / DEVICES_PER_PROCESS)))
+
+
+def start_fleet(
+    args: argparse.Namespace, work: Path, hub: HubProcess, broker: PrivateMosquitto
+) -> FleetGroup:
+    """The fleet in ``fleet_processes(args)`` processes, each a range of the devices with its own state
+    folder (and so its own shared sessions and TUF client) and log."""
+    count = fleet_processes(args)
+    sizes = [args.devices // count + (1 if i < args.devices % count else 0) for i in range(count)]
+    procs, first = [], 1
+    for i, size in enumerate(sizes):
+        suffix = "" if count == 1 else f"-{i + 1}"
+        argv = _fleet_argv(
+            args, work, hub, broker, devices=size, state_root=work / f"fleet{suffix}",
+            connect_rate=args.connect_rate * size / args.devices,
+        )  # fmt: skip
+        argv += ["--first-device", str(first)]
+        procs.append(FleetProc(argv, work / f"fleet{suffix}.log", args.timeout))
+        first += size
+    return FleetGroup(procs)
+
+
 def connect(
-    args: argparse.Namespace, client: HubClient, fleet: FleetProc, births: BirthWatch
+    args: argparse.Namespace, client: HubClient, fleet: FleetGroup, births: BirthWatch
 ) -> dict[str, Any]:
     """Times from the first device's birth on the broker (the simulator builds its 10,000 devices
     first, which is no part of a connect): every birth on the broker, every device online at the hub."""
@@ -398,13 +431,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         births = BirthWatch(broker.host, broker.port, args.fleet)
         stack.callback(births.stop)
         births.expect(n)
-        fleet = FleetProc(_fleet_argv(args, work, hub, broker), work / "fleet.log", args.timeout)
+        fleet = start_fleet(args, work, hub, broker)
         stack.callback(fleet.stop)
         results["connect"] = connect(args, client, fleet, births)
         births.stop()
         _pause(args.settle_s)
         hub_rss1 = vm_rss_bytes(hub.proc.pid)
-        fleet_rss = vm_rss_bytes(fleet.proc.pid)
+        fleet_rss = sum(vm_rss_bytes(pid) for pid in fleet.pids)
         results["connect"].update(
             {
                 "hub_rss_before_mib": round(hub_rss0 / MiB, 1),
@@ -415,7 +448,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ),
                 "fleet_rss_mib": round(fleet_rss / MiB, 1),
                 "fleet_rss_kib_per_device": round(fleet_rss / KiB / n, 1),
-                "fleet_threads": threads(fleet.proc.pid),
+                "fleet_processes": len(fleet.pids),
+                "fleet_threads": sum(threads(pid) for pid in fleet.pids),
                 "broker_dropped_counter": counters.get("dropped")[1],
                 "broker_dropped_log_lines": broker.dropped_lines(),
                 "broker_clients_connected": counters.get("$SYS/broker/clients/connected")[1],
@@ -431,7 +465,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args, hub, broker, counters, lambda: _db_bytes(args.database_url, sqlite_path)
         )
         results["heartbeat"]["broker_dropped_counter"] = counters.get("dropped")[1]
-        results["heartbeat"]["fleet_rss_mib"] = round(vm_rss_bytes(fleet.proc.pid) / MiB, 1)
+        results["heartbeat"]["fleet_rss_mib"] = round(sum(vm_rss_bytes(pid) for pid in fleet.pids) / MiB, 1)
         _progress("heartbeat", results["heartbeat"])
         fleet.stop()
         results["bare_subscriber"] = bare_rate(broker.host, broker.port)
@@ -514,8 +548,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rollout-timeout", type=float, default=900.0, help="how long the rollout may take, s (default 900)"
     )
+    parser.add_argument(
+        "--fleet-processes",
+        type=int,
+        default=0,
+        help=f"simulator processes sharing the devices (default 0: one per {DEVICES_PER_PROCESS:,} devices, "
+        "at most one per core)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temporary folder)")
     args = parser.parse_args(argv)
+    if args.fleet_processes < 0:
+        parser.error(f"expected --fleet-processes >= 0 (0: automatic), got {args.fleet_processes}")
     if args.devices < 1 or args.connect_rate < 0 or args.model_kib < 1:
         parser.error(
             f"expected --devices >= 1, --connect-rate >= 0, --model-kib >= 1; got {args.devices}, "

@@ -113,6 +113,7 @@ async def _simulate(args: argparse.Namespace) -> None:
         connect_rate=args.connect_rate,
         # This process runs nothing but the fleet: its long-lived objects stay out of the collector.
         freeze_heap=True,
+        first=args.first_device,
     )
 
 
@@ -270,6 +271,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--devices", type=_positive_int, default=10, metavar="N", help="devices (default 10)")
     sim.add_argument("--fleet", required=True, help="fleet name")
+    sim.add_argument(
+        "--first-device",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="number the devices from sim-K (default 1): several processes, each its own range, "
+        "simulate one fleet on several cores",
+    )
     sim.add_argument("--mqtt-host", default="127.0.0.1", metavar="HOST", help="broker (default 127.0.0.1)")
     sim.add_argument("--mqtt-port", type=int, default=1883, metavar="PORT", help="broker port (default 1883)")
     sim.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)")

@@ -69,12 +69,16 @@ HANDSHAKE_HOLD_S = 15.0
 LIGHT_KEEPALIVE_S = 120
 
 
-def device_ids(n: int) -> list[str]:
-    """``sim-0001`` .. ``sim-N`` (wider numbers past 9999), in order."""
+def device_ids(n: int, first: int = 1) -> list[str]:
+    """``sim-0001`` .. ``sim-N`` (wider numbers past 9999), in order; from ``sim-<first>`` when several
+    processes simulate one fleet, each its own range."""
     if n < 1:
         raise ValueError(f"a fleet needs at least 1 device, got {n}")
-    width = max(4, len(str(n)))
-    return [f"sim-{i:0{width}d}" for i in range(1, n + 1)]
+    if first < 1:
+        raise ValueError(f"device numbers start at 1 or above, got {first}")
+    last = first + n - 1
+    width = max(4, len(str(last)))
+    return [f"sim-{i:0{width}d}" for i in range(first, last + 1)]
 
 
 def _write_line(out: TextIO | None, line: Mapping[str, Any]) -> None:
@@ -148,13 +152,14 @@ class Fleet:
         handshakes: int = DEFAULT_HANDSHAKES,
         downloads: int = DEFAULT_DOWNLOADS,
         seed: int = 0,
+        first: int = 1,
     ) -> None:
         if not (connect_rate >= 0 and math.isfinite(connect_rate)):
             raise ValueError(
                 f"connect_rate must be devices per second >= 0 (0: all at once), got {connect_rate}"
             )
         with_api = n if local_api_devices is None else max(0, min(local_api_devices, n))
-        ids = device_ids(n)
+        ids = device_ids(n, first)
         mixed = label_mix.assign(n) if label_mix is not None else [{} for _ in ids]
         _allow_open_files(n, light=light)
         self.light = light
@@ -427,8 +432,10 @@ async def run_fleet(
     light: bool = False,
     connect_rate: float = 0.0,
     freeze_heap: bool = False,
+    first: int = 1,
 ) -> None:
-    """Run ``n`` agents (``sim-0001``..) under ``base_dir`` until ``stop_event`` is set.
+    """Run ``n`` agents (``sim-0001``.., or from ``sim-<first>``) under ``base_dir`` until ``stop_event``
+    is set.
 
     ``local_api_devices``: how many of the first devices serve a local API socket
     (None: all). ``labels`` go to every device; ``label_mix`` shares values out by device
@@ -458,5 +465,6 @@ async def run_fleet(
         traffic=traffic,
         light=light,
         connect_rate=connect_rate,
+        first=first,
     )
     await fleet_.run(stop_event, out=out, err=err, freeze_heap=freeze_heap)

@@ -99,3 +99,26 @@ def test_freezing_the_heap_moves_what_is_alive_out_of_the_collector() -> None:
     )
     before, after = map(int, done.stdout.split())
     assert before == 0 and after > 1000
+
+
+def test_simulate_numbers_its_devices_from_the_first_device_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: dict[str, Any] = {}
+
+    async def fake_run_fleet(*args: Any, **kwargs: Any) -> None:
+        seen.update(kwargs)
+
+    monkeypatch.setattr(sim, "run_fleet", fake_run_fleet)
+    root = ["simulate", "--fleet", "f", "--state-root", str(tmp_path), "--devices", "2"]
+    assert main(root) == 0 and seen["first"] == 1
+    assert main([*root, "--first-device", "5001"]) == 0 and seen["first"] == 5001
+
+
+def test_processes_that_split_a_fleet_name_every_device_once() -> None:
+    # Two processes of 5,000 each, as bench/scale.py runs 10,000 on two cores.
+    first, second = sim.device_ids(5000), sim.device_ids(5000, first=5001)
+    assert (first[0], first[-1], second[0], second[-1]) == ("sim-0001", "sim-5000", "sim-05001", "sim-10000")
+    assert len(set(first) | set(second)) == 10_000
+    with pytest.raises(ValueError, match="start at 1 or above, got 0"):
+        sim.device_ids(3, first=0)
