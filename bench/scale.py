@@ -459,7 +459,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["rollout"] = rollout(args, client, hub, model)
         _progress("rollout", results["rollout"])
         results["rollout"]["fleet_sessions_note"] = (
-            "light mode: one session per artifact in the fleet process"
+            "light mode: one session per artifact in each fleet process"
         )
         results["heartbeat"] = heartbeat(
             args, hub, broker, counters, lambda: _db_bytes(args.database_url, sqlite_path)
