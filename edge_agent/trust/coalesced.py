@@ -34,7 +34,11 @@ class CoalescedRepository:
 
     def __init__(self, inner: Repository) -> None:
         self._inner = inner
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        # Signalled when a caller starts waiting (wait_waiting); its own condition, so that a caller
+        # who starts waiting wakes no other caller.
+        self._arrivals = threading.Condition(lock)
         # Refreshes begun and ended; one runs at a time, so the n-th to end is the n-th begun.
         self._begun = 0
         self._ended = 0
@@ -52,6 +56,11 @@ class CoalescedRepository:
         """Callers waiting for a refresh to begin or end."""
         return self._waiting
 
+    def wait_waiting(self, count: int, timeout: float) -> bool:
+        """Block until at least ``count`` callers wait; False after ``timeout`` s (tests, diagnostics)."""
+        with self._arrivals:
+            return self._arrivals.wait_for(lambda: self._waiting >= count, timeout)
+
     def refresh(self) -> RefreshResult:
         with self._cond:
             # The first refresh to begin after this call; any with a lower number began before it.
@@ -62,6 +71,7 @@ class CoalescedRepository:
                     self._begun += 1
                     break
                 self._waiting += 1
+                self._arrivals.notify_all()
                 try:
                     self._cond.wait()
                 finally:

@@ -70,17 +70,22 @@ def test_the_module_runs_as_a_program() -> None:
     assert out.returncode == 0 and out.stdout.startswith("edgefleet-agent ")
 
 
-def test_simulate_runs_the_fleet_with_its_heap_frozen(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # The simulate command's process runs nothing but the fleet: it keeps the fleet's long-lived
-    # objects out of the cyclic collector (edge_agent.sim._freeze_heap).
+@pytest.fixture
+def fleet_kwargs(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What the simulate command hands run_fleet, which records it instead of running a fleet."""
     seen: dict[str, Any] = {}
 
     async def fake_run_fleet(*args: Any, **kwargs: Any) -> None:
         seen.update(kwargs)
 
     monkeypatch.setattr(sim, "run_fleet", fake_run_fleet)
+    return seen
+
+
+def test_simulate_runs_the_fleet_with_its_heap_frozen(fleet_kwargs: dict[str, Any], tmp_path: Path) -> None:
+    # The simulate command's process runs nothing but the fleet: it keeps the fleet's long-lived
+    # objects out of the cyclic collector (edge_agent.sim._freeze_heap).
+    seen = fleet_kwargs
     assert main(["simulate", "--fleet", "f", "--state-root", str(tmp_path), "--devices", "1"]) == 0
     assert seen["freeze_heap"] is True
 
@@ -102,14 +107,9 @@ def test_freezing_the_heap_moves_what_is_alive_out_of_the_collector() -> None:
 
 
 def test_simulate_numbers_its_devices_from_the_first_device_asked(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    fleet_kwargs: dict[str, Any], tmp_path: Path
 ) -> None:
-    seen: dict[str, Any] = {}
-
-    async def fake_run_fleet(*args: Any, **kwargs: Any) -> None:
-        seen.update(kwargs)
-
-    monkeypatch.setattr(sim, "run_fleet", fake_run_fleet)
+    seen = fleet_kwargs
     root = ["simulate", "--fleet", "f", "--state-root", str(tmp_path), "--devices", "2"]
     assert main(root) == 0 and seen["first"] == 1
     assert main([*root, "--first-device", "5001"]) == 0 and seen["first"] == 5001

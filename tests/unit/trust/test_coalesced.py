@@ -4,8 +4,6 @@ before it began. The repository under it is an in-memory fake (unit test) that b
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from edge_agent.trust.coalesced import CoalescedRepository
@@ -45,25 +43,25 @@ class GatedRepository:
         raise AssertionError("not asked in these tests")
 
 
-def _until(condition: Callable[[], bool]) -> None:
-    """Wait for a caller thread to reach a point this test cannot get an event from (a lock's wait)."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while not condition():
-        assert time.monotonic() < deadline, "the callers never started waiting"
-        threading.Event().wait(0.002)
+def _ask_during_the_first(
+    repo: CoalescedRepository, inner: GatedRepository, pool: ThreadPoolExecutor, callers: int
+) -> list[Future[RefreshResult]]:
+    """Refresh 1 begins; ``callers`` more ask while it runs; then it ends (version 1). Their futures."""
+    first = pool.submit(repo.refresh)
+    assert inner.begun[0].wait(TIMEOUT_S)
+    later = [pool.submit(repo.refresh) for _ in range(callers)]
+    assert repo.wait_waiting(callers, TIMEOUT_S), repo.waiting
+    inner.gates[0].set()
+    assert first.result(TIMEOUT_S).timestamp_version == 1
+    return later
 
 
 def test_callers_who_ask_during_a_refresh_share_the_next_one_and_not_the_running_one() -> None:
     inner = GatedRepository(2)
     repo = CoalescedRepository(inner)
     with ThreadPoolExecutor(4) as pool:
-        first = pool.submit(repo.refresh)
-        assert inner.begun[0].wait(TIMEOUT_S)
         # These ask while refresh 1 runs: it may have read the timestamp before what they wait for.
-        later = [pool.submit(repo.refresh) for _ in range(3)]
-        _until(lambda: repo.waiting == 3)
-        inner.gates[0].set()
-        assert first.result(TIMEOUT_S).timestamp_version == 1
+        later = _ask_during_the_first(repo, inner, pool, 3)
         assert inner.begun[1].wait(TIMEOUT_S)
         inner.gates[1].set()
         assert [f.result(TIMEOUT_S).timestamp_version for f in later] == [2, 2, 2]
@@ -83,12 +81,7 @@ def test_a_failed_refresh_fails_every_caller_it_answers_each_with_its_own_error(
     inner = GatedRepository(3)
     repo = CoalescedRepository(inner)
     with ThreadPoolExecutor(3) as pool:
-        first = pool.submit(repo.refresh)
-        assert inner.begun[0].wait(TIMEOUT_S)
-        waiting: list[Future[RefreshResult]] = [pool.submit(repo.refresh) for _ in range(2)]
-        _until(lambda: repo.waiting == 2)
-        inner.gates[0].set()
-        first.result(TIMEOUT_S)
+        waiting = _ask_during_the_first(repo, inner, pool, 2)
         assert inner.begun[1].wait(TIMEOUT_S)
         inner.fail_with = MetadataDownloadError("cannot fetch repository metadata (hub busy)")
         inner.gates[1].set()
