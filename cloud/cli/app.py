@@ -277,6 +277,14 @@ def assign(
 def simulate(
     devices: Annotated[int, typer.Option(min=1, max=100_000, help="Number of simulated devices.")] = 10,
     fleet: Annotated[str, typer.Option(envvar="EDGEFLEET_FLEET", help="Fleet name.")] = "default",
+    first_device: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Number the devices from sim-K: several processes, each its own range and --state-root, "
+            "simulate one fleet on several cores.",
+        ),
+    ] = 1,
     mqtt_host: Annotated[str, typer.Option(envvar="EDGEFLEET_MQTT_HOST")] = "127.0.0.1",
     mqtt_port: Annotated[int, typer.Option(envvar="EDGEFLEET_MQTT_PORT")] = 1883,
     mqtt_protocol: Annotated[str, typer.Option(envvar="EDGEFLEET_MQTT_PROTOCOL", help="5 or 3.1.1")] = "5",
@@ -455,6 +463,8 @@ def simulate(
         argv += ["--firmware-factory", str(firmware_factory)]
     if light:
         argv += ["--light"]
+    if first_device != 1:
+        argv += ["--first-device", str(first_device)]
     if connect_rate:
         argv += ["--connect-rate", f"{connect_rate:g}"]
     if trial_window is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -160,3 +161,32 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_simulate_hands_the_agent_program_its_device_range(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `fleet simulate` execs the agent's simulator; what it would run is recorded instead.
+    ran: list[list[str]] = []
+
+    def record(_path: str, argv: list[str]) -> None:
+        ran.append(list(argv))
+
+    monkeypatch.setattr(os, "execv", record)
+    root = tmp_path / "root.json"
+    root.write_bytes(b"{}")
+    base = [
+        "simulate",
+        "--devices",
+        "5000",
+        "--light",
+        "--state-root",
+        str(tmp_path),
+        "--trust-root",
+        str(root),
+    ]
+    assert runner.invoke(app, base).exit_code == 0
+    assert runner.invoke(app, [*base, "--first-device", "5001"]).exit_code == 0
+    assert "--first-device" not in ran[0]
+    assert ran[1][ran[1].index("--first-device") + 1] == "5001"
+    assert runner.invoke(app, [*base, "--first-device", "0"]).exit_code == 2
