@@ -39,10 +39,9 @@ class CoalescedRepository:
         # Signalled when a caller starts waiting (wait_waiting); its own condition, so that a caller
         # who starts waiting wakes no other caller.
         self._arrivals = threading.Condition(lock)
-        # Refreshes begun and ended; one runs at a time, so the n-th to end is the n-th begun.
+        # Refreshes begun and ended; one runs at a time, so one is running exactly when they differ.
         self._begun = 0
         self._ended = 0
-        self._running = False
         self._waiting = 0
         self._outcome: RefreshResult | BaseException | None = None
 
@@ -66,8 +65,7 @@ class CoalescedRepository:
             # The first refresh to begin after this call; any with a lower number began before it.
             wanted = self._begun + 1
             while self._ended < wanted:
-                if not self._running:
-                    self._running = True
+                if self._begun == self._ended:  # none running: begin the one this caller waits for
                     self._begun += 1
                     break
                 self._waiting += 1
@@ -85,7 +83,6 @@ class CoalescedRepository:
         with self._cond:
             self._outcome = outcome
             self._ended = self._begun
-            self._running = False
             self._cond.notify_all()
         if isinstance(outcome, BaseException):
             raise outcome
