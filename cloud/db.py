@@ -17,6 +17,8 @@ database when it starts, :func:`upgrade_schema` what `fleet db upgrade` does.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,6 +83,27 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
     )
 
 
+def _enter_wal(cursor: Any, *, timeout_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+    """Put the database in WAL mode (it stays so: the mode is kept in the file).
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is locked"
+    at once, without its busy handler, when another connection is opening or switching the same
+    file (hubs starting together on one new database). So it is retried here, with back-off, for
+    as long as the busy timeout lets any other statement wait.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # back-off on a file lock: SQLite offers nothing to wait on
+        pause = min(pause * 2, 0.2)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -88,7 +111,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(cursor)
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
