@@ -9,14 +9,15 @@ connection. Bound as one parameter it is one statement:
   part of SQLite since 3.38);
 - PostgreSQL: ``column = ANY(?)``, the list as a text array.
 
-Use it where a list of ids can be long and its length varies from call to call (batches); a
-short fixed list reads better as a plain ``in_``.
+``in_list(Device.id, ids)`` reads as ``col(Device.id).in_(ids)``. Use it where a list of ids can
+be long and its length varies from call to call (batches); a short fixed list reads better as a
+plain ``in_``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from sqlalchemy import Boolean, String, bindparam
@@ -70,9 +71,11 @@ class InList(ColumnElement[bool]):
         self.param = param
 
 
-def in_list(column: Any, name: str = "ids") -> InList:
-    """``column IN`` the list given at execution as parameter ``name`` (``{name: [...]}``)."""
-    return InList(column, bindparam(name, type_=TextList()))
+def in_list(column: Any, values: Iterable[str]) -> InList:
+    """``column IN values``, as ``column.in_(values)`` reads, with the list bound as one parameter."""
+    if isinstance(values, str):
+        raise TypeError(f"in_list: expected a collection of strings, got str {values!r}")
+    return InList(column, bindparam(None, value=list(values), type_=TextList(), unique=True))
 
 
 @compiles(InList, "sqlite")

@@ -17,10 +17,11 @@ from cloud.models import Device, FirmwareImage, ModelVariant, ModelVersion, Roll
 from cloud.rollouts.membership import held_by_others
 from cloud.services.rollbacks import refusals
 from cloud.services.variants import NoCompatibleVariantError, VariantOption, choose_variant
+from cloud.sql_lists import in_list
 
 __all__ = ["Eligible", "Target", "eligible", "load_target"]
 
-_CHUNK = 500  # ids per IN (...): stays under SQLite's bound-parameter limit
+_CHUNK = 500  # devices judged per round of queries: bounds the rows one round loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ def _rolled_back_here(session: Session, rollout: Rollout, ids: Sequence[str]) ->
         select(RolloutDevice.device_id)
         .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
         .where(
-            col(RolloutDevice.device_id).in_(list(ids)),
+            in_list(RolloutDevice.device_id, ids),
             RolloutDevice.outcome == "rolled_back",
             Rollout.target_kind == rollout.target_kind,
             Rollout.target_name == rollout.target_name,
@@ -99,7 +100,7 @@ def eligible(session: Session, rollout: Rollout, target: Target, device_ids: Seq
 def _eligible_chunk(
     session: Session, rollout: Rollout, target: Target, ids: list[str], out: Eligible
 ) -> None:
-    rows = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids))).all()}
+    rows = {d.id: d for d in session.exec(select(Device).where(in_list(Device.id, ids))).all()}
     held = held_by_others(session, rollout, ids)
     refused = set(_rolled_back_here(session, rollout, ids))
     if target.kind == "model":

@@ -49,6 +49,7 @@ from cloud.rollouts.offers import lock_devices, offer, restore
 from cloud.rollouts.plan import RolloutPlan, Stage
 from cloud.rollouts.service import SYSTEM, lock_rollout, record_transition
 from cloud.services import desired
+from cloud.sql_lists import in_list
 from model_tools.trial_policy import PolicySource
 
 __all__ = ["LEASE", "OWNER", "rate_window", "tick"]
@@ -294,7 +295,7 @@ def _sync_outcomes(session: Session, rollout: Rollout) -> None:
     rows = session.exec(
         select(RolloutDevice).where(
             RolloutDevice.rollout_id == rollout.id,
-            col(RolloutDevice.device_id).in_(list(found)),
+            in_list(RolloutDevice.device_id, found),
             RolloutDevice.outcome != "restored",
         )
     ).all()

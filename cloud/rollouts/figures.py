@@ -36,6 +36,7 @@ from cloud.drift.gates import stage_extra  # also registers the drift_score and 
 from cloud.models import Device, DeviceEvent, DeviceState, Rollout, RolloutDevice, TelemetryWindow
 from cloud.rollouts.gates import StageFigures, Verdict
 from cloud.rollouts.robust import DeviceFigures, robust_error_rate, robust_p95
+from cloud.sql_lists import in_list
 
 __all__ = [
     "BASELINE_LOOKBACK",
@@ -237,7 +238,7 @@ def device_outcomes(
     outcomes = _per_device_outcomes(rollout, offered)
     query = select(outcomes.c.device_id, outcomes.c.rolled_back, outcomes.c.committed, outcomes.c.failed)
     if device_ids is not None:
-        query = query.where(outcomes.c.device_id.in_(list(device_ids)))
+        query = query.where(in_list(outcomes.c.device_id, device_ids))
     found: dict[str, str] = {}
     for device_id, rb, ok, bad in session.exec(query).all():
         found[device_id] = "rolled_back" if rb else "committed" if ok else "failed" if bad else ""

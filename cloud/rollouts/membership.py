@@ -19,6 +19,7 @@ from cloud.rollouts.machine import ACTIVE
 from cloud.rollouts.plan import RolloutPlan
 from cloud.rollouts.selection import bucket, stage_of
 from cloud.services.cohorts import get_cohort, member_ids_query
+from cloud.sql_lists import in_list
 
 __all__ = ["Members", "held_by_others", "load_plan", "plan_members", "stage_cohorts"]
 
@@ -105,5 +106,5 @@ def held_by_others(
         )
     )
     if device_ids is not None:
-        query = query.where(col(RolloutDevice.device_id).in_(list(device_ids)))
+        query = query.where(in_list(RolloutDevice.device_id, device_ids))
     return dict(session.exec(query).all())

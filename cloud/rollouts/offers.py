@@ -24,10 +24,9 @@ from cloud.models import (
     RolloutDevice,
 )
 from cloud.rollouts.eligibility import Target
+from cloud.sql_lists import in_list
 
 __all__ = ["lock_devices", "offer", "restore"]
-
-_CHUNK = 500  # ids per IN (...): stays under SQLite's bound-parameter limit
 
 
 def lock_devices(session: Session, device_ids: Sequence[str]) -> list[Device]:
@@ -37,7 +36,7 @@ def lock_devices(session: Session, device_ids: Sequence[str]) -> list[Device]:
         return []
     query = (
         select(Device)
-        .where(col(Device.id).in_(list(device_ids)))
+        .where(in_list(Device.id, device_ids))
         .order_by(col(Device.id))
         .with_for_update()
         .execution_options(populate_existing=True)
@@ -178,14 +177,11 @@ def offer(
 def _desired_rows(
     session: Session, table: type[DesiredState] | type[DesiredFirmware], devices: Sequence[Device]
 ) -> list[object]:
-    """The devices' desired-state rows, loaded with one query per few hundred devices rather than
-    one query per device."""
+    """The devices' desired-state rows, loaded with one query rather than one query per device."""
     ids = [d.id for d in devices]
-    out: list[object] = []
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        out.extend(session.exec(select(table).where(col(table.device_id).in_(chunk))).all())
-    return out
+    if not ids:
+        return []
+    return list(session.exec(select(table).where(in_list(table.device_id, ids))).all())
 
 
 def restore(

@@ -24,6 +24,7 @@ from cloud.errors import ConflictError, InvalidInputError, NotFoundError, Unknow
 from cloud.models import Cohort, Device
 from cloud.services.labels import parse_selector, selector_clause
 from cloud.services.pagination import DEFAULT_LIMIT, Page, keyset_page
+from cloud.sql_lists import in_list
 from edgefleet_proto.topics import TopicError, validate_id
 
 __all__ = [
@@ -83,11 +84,8 @@ def _check_devices(session: Session, fleet: str, devices: Sequence[str]) -> list
             validate_id("device", device_id)
         except TopicError as e:
             raise InvalidInputError(str(e)) from e
-    known: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        query = select(Device.id).where(col(Device.id).in_(chunk), Device.fleet == fleet)
-        known.update(session.exec(query).all())
+    query = select(Device.id).where(in_list(Device.id, wanted), Device.fleet == fleet)
+    known = set(session.exec(query).all())
     missing = set(wanted) - known
     if missing:
         raise UnknownDevicesError(sorted(missing))

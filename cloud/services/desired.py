@@ -33,6 +33,7 @@ from cloud.models import (
 )
 from cloud.services.publisher import DesiredPublisher
 from cloud.services.signing import Signing
+from cloud.sql_lists import in_list
 from edgefleet_proto.v1 import common_pb2, desired_pb2
 from model_tools.trial_policy import PolicySource, TrialPolicy, TrialPolicyError, parse_trial_policy, resolve
 
@@ -129,7 +130,7 @@ def _model_parts(session: Session, device_ids: Sequence[str]) -> dict[str, _Mode
         .join(ModelVersion, col(DesiredState.model_version_id) == col(ModelVersion.id))
         .outerjoin(ModelVariant, col(DesiredState.variant_id) == col(ModelVariant.id))
         .outerjoin(Bundle, col(Bundle.model_version_id) == col(ModelVersion.id))
-        .where(col(DesiredState.device_id).in_(list(device_ids)))
+        .where(in_list(DesiredState.device_id, device_ids))
     ).all()
     return {d.device_id: _ModelPart(d, m, v, b) for d, m, v, b in rows}
 
@@ -140,7 +141,7 @@ def _firmware_parts(
     rows = session.exec(
         select(DesiredFirmware, FirmwareImage)
         .join(FirmwareImage, col(DesiredFirmware.firmware_image_id) == col(FirmwareImage.id))
-        .where(col(DesiredFirmware.device_id).in_(list(device_ids)))
+        .where(in_list(DesiredFirmware.device_id, device_ids))
     ).all()
     return {row.device_id: (row, image) for row, image in rows}
 

@@ -37,6 +37,7 @@ from cloud.models import (
 from cloud.services.cohorts import cohort_clause
 from cloud.services.labels import Selector, as_selector, effective_labels, selector_clause
 from cloud.services.pagination import DEFAULT_LIMIT, Page, keyset_page
+from cloud.sql_lists import in_list
 from edgefleet_proto.v1 import common_pb2, device_pb2
 
 _STATES = {
@@ -238,7 +239,7 @@ def _desired_for(session: Session, device_ids: Sequence[str]) -> dict[str, _Desi
         )
         .join(ModelVersion, col(DesiredState.model_version_id) == col(ModelVersion.id))
         .outerjoin(ModelVariant, col(DesiredState.variant_id) == col(ModelVariant.id))
-        .where(col(DesiredState.device_id).in_(device_ids))
+        .where(in_list(DesiredState.device_id, device_ids))
     ).all()
     return {
         device_id: _Desired(

@@ -33,6 +33,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 from cloud.clock import Clock, to_ms, utcnow
 from cloud.errors import NotFoundError
 from cloud.models import SignedDesired
+from cloud.sql_lists import in_list
 from cloud.tuf.metadata import TargetSpec
 from cloud.tuf.repository import TufRepository
 from cloud.tuf.sync import sync_targets
@@ -131,7 +132,7 @@ class Director:
     def _locked_query(device_ids: Sequence[str]) -> SelectOfScalar[SignedDesired]:
         return (
             select(SignedDesired)
-            .where(col(SignedDesired.device_id).in_(list(device_ids)))
+            .where(in_list(SignedDesired.device_id, device_ids))
             # One order on every replica, so two batches never wait on each other's rows in a cycle.
             .order_by(col(SignedDesired.device_id))
             .with_for_update()
@@ -238,7 +239,7 @@ class Director:
         """
         query = select(SignedDesired)
         if device_ids is not None:
-            query = query.where(col(SignedDesired.device_id).in_(list(device_ids)))
+            query = query.where(in_list(SignedDesired.device_id, device_ids))
         now = self._clock()
         margin = self.expiry * self.repo.settings.resign_fraction
         due = [

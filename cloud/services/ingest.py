@@ -388,9 +388,7 @@ def _load_devices(session: Session, device_ids: set[str]) -> list[Device]:
     one up by id (``session.get``) finds it there instead of asking the database once a message."""
     if not device_ids:
         return []
-    return list(
-        session.exec(select(Device).where(in_list(Device.id)), params={"ids": sorted(device_ids)}).all()
-    )
+    return list(session.exec(select(Device).where(in_list(Device.id, sorted(device_ids)))).all())
 
 
 class _SeqTracker:
@@ -437,10 +435,10 @@ def _highest_stored(session: Session, device_ids: Sequence[str]) -> dict[str, in
     table = TelemetryWindow.__table__  # type: ignore[attr-defined]
     stmt = (
         select(table.c.device_id, func.max(table.c.seq))
-        .where(in_list(table.c.device_id))
+        .where(in_list(table.c.device_id, device_ids))
         .group_by(table.c.device_id)
     )
-    return {d: top for d, top in session.execute(stmt, {"ids": list(device_ids)}) if top is not None}
+    return {d: top for d, top in session.execute(stmt) if top is not None}
 
 
 def _touch_all(session: Session, fleet: str, device_ids: set[str], now: datetime) -> None:
@@ -450,14 +448,14 @@ def _touch_all(session: Session, fleet: str, device_ids: set[str], now: datetime
     table = Device.__table__  # type: ignore[attr-defined]
     # On the table, not the mapped class: rows this session holds (statuses of the same batch)
     # are left as they are rather than synchronised, and the ORM's bulk machinery is skipped.
+    ids = sorted(device_ids)
     stmt = (
         update(table)
-        .where(in_list(table.c.id))
+        .where(in_list(table.c.id, ids))
         .values(last_seen=case((table.c.last_seen < now, now), else_=table.c.last_seen))
         .returning(table.c.id)
     )
-    ids = sorted(device_ids)
-    found = set(session.execute(stmt, {"ids": ids}).scalars())
+    found = set(session.execute(stmt).scalars())
     for device_id in ids:
         if device_id not in found:
             devices.touch(session, device_id, fleet, now)  # heard before its first status

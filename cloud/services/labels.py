@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 
 from cloud.errors import InvalidInputError, NotFoundError
 from cloud.models import Device, DeviceLabel
+from cloud.sql_lists import in_list
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -310,7 +311,7 @@ def rewrite_labels(session: Session, labels_by_device: Mapping[str, Mapping[str,
     ids = sorted(labels_by_device)
     for start in range(0, len(ids), _IDS_PER_DELETE):
         chunk = ids[start : start + _IDS_PER_DELETE]
-        session.exec(delete(DeviceLabel).where(col(DeviceLabel.device_id).in_(chunk)))
+        session.exec(delete(DeviceLabel).where(in_list(DeviceLabel.device_id, chunk)))
     rows = [
         {"device_id": device_id, "key": key, "value": value}
         for device_id in ids
@@ -332,7 +333,7 @@ def stored_labels(session: Session, device_ids: Sequence[str]) -> dict[str, dict
     if not device_ids:
         return out
     query = select(DeviceLabel.device_id, DeviceLabel.key, DeviceLabel.value).where(
-        col(DeviceLabel.device_id).in_(list(device_ids))
+        in_list(DeviceLabel.device_id, device_ids)
     )
     for device_id, key, value in session.exec(query).all():
         out.setdefault(device_id, {})[key] = value
@@ -356,7 +357,7 @@ def sync_reported_changes(
     operator: dict[str, Mapping[str, str | None]] = {}
     for start in range(0, len(ids), _IDS_PER_DELETE):
         chunk = ids[start : start + _IDS_PER_DELETE]
-        query = select(Device.id, Device.operator_labels).where(col(Device.id).in_(chunk))
+        query = select(Device.id, Device.operator_labels).where(in_list(Device.id, chunk))
         operator.update({device_id: labels or {} for device_id, labels in session.exec(query).all()})
     rewrites: dict[str, dict[str, str]] = {}
     for device_id in ids:

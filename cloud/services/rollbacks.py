@@ -23,6 +23,7 @@ from cloud.clock import from_ms
 from cloud.errors import ConflictError
 from cloud.models import Device, DeviceRollback, ModelVersion
 from cloud.services.pagination import Page, keyset_page
+from cloud.sql_lists import in_list
 from edgefleet_proto.v1 import event_pb2
 
 __all__ = [
@@ -76,7 +77,7 @@ def refusals(
     rows = session.exec(
         select(DeviceRollback)
         .where(
-            col(DeviceRollback.device_id).in_(list(device_ids)),
+            in_list(DeviceRollback.device_id, device_ids),
             DeviceRollback.model_name == model_name,
             DeviceRollback.model_version == version,
             col(DeviceRollback.refused).is_(True),

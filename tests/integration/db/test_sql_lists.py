@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, event, select, update
-from sqlalchemy.exc import StatementError
 
 from cloud.sql_lists import in_list
 
@@ -34,7 +33,7 @@ def devices(engine: Engine) -> Iterator[Table]:
 )
 def test_the_rows_named_by_the_list_and_only_those(engine: Engine, devices: Table, wanted: list[str]) -> None:
     with engine.connect() as conn:
-        found = conn.execute(select(devices.c.id).where(in_list(devices.c.id)), {"ids": wanted}).scalars()
+        found = conn.execute(select(devices.c.id).where(in_list(devices.c.id, wanted))).scalars()
         assert sorted(found) == sorted(set(wanted) & set(IDS))
 
 
@@ -44,13 +43,17 @@ def test_one_statement_text_for_every_length(engine: Engine, devices: Table) -> 
     def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
         sent.append(statement)
 
-    stmt = update(devices).where(in_list(devices.c.id)).values(n=-1).returning(devices.c.id)
     event.listen(engine, "before_cursor_execute", record)
     try:
         with engine.begin() as conn:
             for length in (1, 2, 499, 1_500):
-                changed = conn.execute(stmt, {"ids": IDS[:length]}).scalars().all()
-                assert len(changed) == length
+                # A new statement object each time, as a caller builds one: SQLAlchemy's compiled
+                # cache must hand back this call's list, not the one it compiled first.
+                wanted = IDS[-length:]
+                stmt = (
+                    update(devices).where(in_list(devices.c.id, wanted)).values(n=-1).returning(devices.c.id)
+                )
+                assert sorted(conn.execute(stmt).scalars()) == sorted(wanted)
     finally:
         event.remove(engine, "before_cursor_execute", record)
     updates = [s for s in sent if s.startswith("UPDATE")]  # SQLite's hook also sends BEGIN and a PRAGMA
@@ -58,5 +61,5 @@ def test_one_statement_text_for_every_length(engine: Engine, devices: Table) -> 
 
 
 def test_a_bare_string_is_refused_rather_than_read_as_characters(engine: Engine, devices: Table) -> None:
-    with engine.connect() as conn, pytest.raises(StatementError, match="expected a list of strings, got str"):
-        conn.execute(select(devices.c.id).where(in_list(devices.c.id)), {"ids": "cam-00001"})
+    with pytest.raises(TypeError, match="expected a collection of strings, got str 'cam-00001'"):
+        in_list(devices.c.id, "cam-00001")
