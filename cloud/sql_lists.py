@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Boolean, String, bindparam
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
@@ -43,13 +44,10 @@ class TextList(TypeDecorator[Collection[str]]):
         return dialect.type_descriptor(String())
 
     def process_bind_param(self, value: Collection[str] | None, dialect: Dialect) -> Any:
-        if value is None or isinstance(value, str):
-            # A bare string would be taken for a list of its characters.
-            raise TypeError(f"expected a list of strings, got {type(value).__name__}")
-        items = list(value)
-        if dialect.name == "postgresql":
-            return items
-        return json.dumps(items)
+        # in_list hands over a list; a bare string it refuses (it would read as its characters).
+        if value is None or dialect.name == "postgresql":
+            return value
+        return json.dumps(list(value))
 
 
 class InList(ColumnElement[bool]):
@@ -92,6 +90,6 @@ def _in_list_postgresql(element: InList, compiler: SQLCompiler, **kw: Any) -> st
 
 @compiles(InList)
 def _in_list_other(element: InList, compiler: SQLCompiler, **kw: Any) -> str:
-    raise NotImplementedError(
-        f"in_list: expected a sqlite or postgresql database, got {compiler.dialect.name!r}"
-    )
+    # The hub runs on these two databases only (cloud.db); any other is refused as SQLAlchemy
+    # refuses a construct a dialect cannot render.
+    raise CompileError(f"in_list: expected a sqlite or postgresql database, got {compiler.dialect.name!r}")

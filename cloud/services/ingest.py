@@ -388,7 +388,7 @@ def _load_devices(session: Session, device_ids: set[str]) -> list[Device]:
     one up by id (``session.get``) finds it there instead of asking the database once a message."""
     if not device_ids:
         return []
-    return list(session.exec(select(Device).where(in_list(Device.id, sorted(device_ids)))).all())
+    return list(session.exec(select(Device).where(in_list(Device.id, device_ids))).all())
 
 
 class _SeqTracker:

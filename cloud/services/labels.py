@@ -47,7 +47,6 @@ __all__ = [
 MAX_KEY_LENGTH = 128
 MAX_VALUE_LENGTH = 256
 _ROWS_PER_INSERT = 300  # 3 parameters a row: stays under SQLite's bound-parameter limit
-_IDS_PER_DELETE = 500
 # The value an operator gives to hide a reported label.
 HIDDEN = "-"
 _PUNCTUATION = "-_./"
@@ -309,9 +308,7 @@ def rewrite_labels(session: Session, labels_by_device: Mapping[str, Mapping[str,
     if not labels_by_device:
         return
     ids = sorted(labels_by_device)
-    for start in range(0, len(ids), _IDS_PER_DELETE):
-        chunk = ids[start : start + _IDS_PER_DELETE]
-        session.exec(delete(DeviceLabel).where(in_list(DeviceLabel.device_id, chunk)))
+    session.exec(delete(DeviceLabel).where(in_list(DeviceLabel.device_id, ids)))
     rows = [
         {"device_id": device_id, "key": key, "value": value}
         for device_id in ids
@@ -354,11 +351,10 @@ def sync_reported_changes(
         return 0
     session.flush()
     ids = sorted(changes)
-    operator: dict[str, Mapping[str, str | None]] = {}
-    for start in range(0, len(ids), _IDS_PER_DELETE):
-        chunk = ids[start : start + _IDS_PER_DELETE]
-        query = select(Device.id, Device.operator_labels).where(in_list(Device.id, chunk))
-        operator.update({device_id: labels or {} for device_id, labels in session.exec(query).all()})
+    query = select(Device.id, Device.operator_labels).where(in_list(Device.id, ids))
+    operator: dict[str, Mapping[str, str | None]] = {
+        device_id: labels or {} for device_id, labels in session.exec(query).all()
+    }
     rewrites: dict[str, dict[str, str]] = {}
     for device_id in ids:
         old, new = changes[device_id]

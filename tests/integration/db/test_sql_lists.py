@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, event, select, update
+from sqlalchemy.dialects import mysql
+from sqlalchemy.exc import CompileError
 
 from cloud.sql_lists import in_list
 
@@ -63,3 +65,9 @@ def test_one_statement_text_for_every_length(engine: Engine, devices: Table) -> 
 def test_a_bare_string_is_refused_rather_than_read_as_characters(engine: Engine, devices: Table) -> None:
     with pytest.raises(TypeError, match="expected a collection of strings, got str 'cam-00001'"):
         in_list(devices.c.id, "cam-00001")
+
+
+def test_another_database_is_refused_when_compiled() -> None:
+    column = Table("probe", MetaData(), Column("id", String, primary_key=True)).c.id
+    with pytest.raises(CompileError, match="in_list: expected a sqlite or postgresql database, got 'mysql'"):
+        select(column).where(in_list(column, ["a"])).compile(dialect=mysql.dialect())
